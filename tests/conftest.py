@@ -1,0 +1,15 @@
+"""Test setup: several fake CPU devices, set before JAX is imported anywhere."""
+
+import os
+
+# Eight host devices so mesh / pmap / shard_map tests run on a CPU-only machine.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# TensorFlow (tf.data only) must never grab an accelerator nor spam the log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
