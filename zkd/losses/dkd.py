@@ -1,0 +1,106 @@
+"""Decoupled knowledge distillation (Zhao et al., CVPR 2022), with optional standardization."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from zkd.losses import _common
+from zkd.losses.kd import kl_per_example, maybe_standardize
+from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS
+
+
+def _binary_log_probs(log_probs: jax.Array, is_target: jax.Array) -> jax.Array:
+    """[B, K] log-probabilities -> [B, 2] log (p_target, p_non_target), computed stably."""
+    log_p_target = jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
+    log_p_other = jax.nn.logsumexp(jnp.where(is_target, -jnp.inf, log_probs), axis=-1)
+    return jnp.stack([log_p_target, log_p_other], axis=-1)
+
+
+def dkd_terms(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    labels: jax.Array,
+    temperature,
+    logit_stand: bool = False,
+    *,
+    eps: float = DEFAULT_EPS,
+    ddof: int = DEFAULT_DDOF,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-example (TCKD, NCKD), each [B] float32 and already multiplied by T^2.
+
+    TCKD is the KL between the binary (target, non-target) distributions of teacher and
+    student; NCKD the KL between their distributions over the non-target classes only.
+    The released code removes the target by subtracting 1000 from its logit and takes the log
+    of summed probabilities (inf/NaN for large logits); here the target is excluded exactly and
+    everything stays in log space, which gives the same numbers wherever the released code is
+    finite (|logit / T| well below 1000) and finite values everywhere else.
+    """
+    student, teacher = _common.as_logit_pair(student_logits, teacher_logits)
+    batch, num_classes = student.shape
+    labels = _common.as_labels(labels, batch, num_classes)
+    t = _common.as_scalar(temperature, "temperature", student.dtype, positive=True)
+    student, teacher = maybe_standardize(student, teacher, logit_stand, eps, ddof)
+
+    is_target = jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
+    s, v = student / t, teacher / t
+
+    log_p_s = jax.nn.log_softmax(s, axis=-1)
+    log_p_t = jax.nn.log_softmax(v, axis=-1)
+    tckd = kl_per_example(_binary_log_probs(log_p_t, is_target), _binary_log_probs(log_p_s, is_target))
+
+    log_q_s = jax.nn.log_softmax(jnp.where(is_target, -jnp.inf, s), axis=-1)
+    log_q_t = jax.nn.log_softmax(jnp.where(is_target, -jnp.inf, v), axis=-1)
+    nckd = kl_per_example(log_q_t, log_q_s)
+
+    valid = _common.labels_valid(labels, num_classes) & (t > 0)
+    scale = t**2
+    return (
+        _common.poison_unless(valid, tckd * scale),
+        _common.poison_unless(valid, nckd * scale),
+    )
+
+
+def dkd_loss(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    labels: jax.Array,
+    alpha,
+    beta,
+    temperature,
+    logit_stand: bool = False,
+    *,
+    reduction: str = "mean",
+    eps: float = DEFAULT_EPS,
+    ddof: int = DEFAULT_DDOF,
+) -> jax.Array:
+    """``alpha * TCKD + beta * NCKD`` (each times T^2), summed over classes, mean over the batch.
+
+    Equals the released DKD for both settings of ``logit_stand`` (with LS the paper multiplies
+    alpha and beta by the KD weight; pass the products). The warm-up factor
+    ``min(epoch / warmup, 1)`` is the caller's (see ``dkd_warmup``).
+
+    Args:
+      student_logits, teacher_logits: [B, K] floating; the teacher gets no gradient.
+      labels: [B] integer targets in [0, K).
+      alpha, beta: weights of TCKD and NCKD (scalars; may be traced).
+      temperature: T > 0 (scalar; may be traced).
+      logit_stand: z-score both logits first.
+      reduction: "mean", "sum" or "none" ([B]).
+
+    Returns:
+      float32 scalar, or [B] with ``reduction="none"``.
+    """
+    _common.check_reduction(reduction)
+    tckd, nckd = dkd_terms(
+        student_logits, teacher_logits, labels, temperature, logit_stand, eps=eps, ddof=ddof
+    )
+    alpha = _common.as_scalar(alpha, "alpha", tckd.dtype, nonnegative=True)
+    beta = _common.as_scalar(beta, "beta", tckd.dtype, nonnegative=True)
+    return _common.reduce(alpha * tckd + beta * nckd, reduction)
+
+
+def dkd_warmup(epoch, warmup_epochs: float = 20.0) -> jax.Array:
+    """DKD's warm-up factor ``min(epoch / warmup_epochs, 1)``, epochs counted from 1 as released."""
+    epoch = jnp.asarray(epoch, jnp.float32)
+    return jnp.minimum(epoch / warmup_epochs, 1.0)
