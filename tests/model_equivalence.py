@@ -47,6 +47,15 @@ def torch_to_flax(torch_model: torch.nn.Module, name: str, num_classes: int, zoo
     return model, variables
 
 
+def param_count(name: str, num_classes: int, zoo: str, shape=(1, 32, 32, 3)) -> int:
+    """Parameters of ``zkd.models.build(name, num_classes, zoo)`` on NHWC ``shape``, without
+    initialising anything (``jax.eval_shape``)."""
+    model = zkd.models.build(name, num_classes=num_classes, zoo=zoo)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), np.zeros(shape, np.float32), train=False))
+    return zkd.models.count_params(shapes["params"])
+
+
 def assert_torch_flax_equal(torch_model: torch.nn.Module, name: str, num_classes: int, zoo: str,
                             input_shapes, rtol: float = 1e-4, seed: int = 0) -> float:
     """Assert torch and Flax logits agree on every NHWC shape in ``input_shapes``.

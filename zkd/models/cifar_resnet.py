@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 
 from zkd.models import register
-from zkd.models.layers import (BasicBlock, ResNetStage, batch_norm, classifier_output, conv,
+from zkd.models.layers import (BasicBlock, Stage, batch_norm, classifier_output, conv,
                                dense, global_avg_pool)
 
 
@@ -40,8 +40,7 @@ class CifarResNet(nn.Module):
         x = conv(self.widths[0], 3, 1, 1, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         for stage, (planes, stride) in enumerate(zip(self.widths[1:], (1, 2, 2)), start=1):
-            x = ResNetStage(BasicBlock, planes, n, stride, "downsample", self.dtype,
-                            name=f"layer{stage}")(x, train)
+            x = Stage(BasicBlock, planes, n, stride, self.dtype, name=f"layer{stage}")(x, train)
         x = global_avg_pool(x)
         return classifier_output(
             dense(self.num_classes, x.shape[-1], dtype=self.dtype, name="fc")(x))

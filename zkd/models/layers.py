@@ -59,16 +59,19 @@ def _torch_linear_bias_init(key, shape, dtype=jnp.float32, *, fan_in: int):
 
 
 def dense(features: int, fan_in: int, *, dtype: Optional[Dtype] = None, name: str,
-          weight_std: Optional[float] = None) -> nn.Dense:
+          weight_std: Optional[float] = None, zero_bias: bool = False) -> nn.Dense:
     """``nn.Linear(fan_in, features)`` with PyTorch's default initialisation (weight and bias
-    uniform in +-1/sqrt(fan_in)); ``weight_std`` gives N(0, weight_std^2) weights and zero bias
-    instead (CRD's VGG). ``[..., fan_in] -> [..., features]``; params float32."""
+    uniform in +-1/sqrt(fan_in)). ``weight_std`` gives N(0, weight_std^2) weights instead (CRD's
+    VGG); ``zero_bias`` a zero bias (CRD's VGG and WRN). ``[..., fan_in] -> [..., features]``;
+    params float32."""
     if weight_std is None:
         kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-        bias_init = lambda k, s, d=jnp.float32: _torch_linear_bias_init(k, s, d, fan_in=fan_in)
     else:
         kernel_init = nn.initializers.normal(weight_std)
+    if zero_bias:
         bias_init = nn.initializers.zeros
+    else:
+        bias_init = lambda k, s, d=jnp.float32: _torch_linear_bias_init(k, s, d, fan_in=fan_in)
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
                     bias_init=bias_init, name=name)
 
@@ -151,19 +154,22 @@ class Bottleneck(nn.Module):
         return nn.relu(out + x)
 
 
-class ResNetStage(nn.Module):
-    """``nn.Sequential`` of ``num_blocks`` blocks named "0", "1", ...; the first has the stride."""
+class Stage(nn.Module):
+    """``nn.Sequential`` of ``num_blocks`` blocks named "0", "1", ...; the first has the stride.
+
+    Each block is ``block(features, stride, dtype=dtype, **dict(options), name=str(i))``.
+    """
 
     block: Any
-    planes: int
+    features: int
     num_blocks: int
     stride: int = 1
-    shortcut_name: str = "downsample"
     dtype: Optional[Dtype] = None
+    options: tuple = ()
 
     @nn.compact
     def __call__(self, x, train: bool):
         for i in range(self.num_blocks):
-            x = self.block(self.planes, self.stride if i == 0 else 1, self.shortcut_name,
-                           self.dtype, name=str(i))(x, train)
+            x = self.block(self.features, self.stride if i == 0 else 1, dtype=self.dtype,
+                           **dict(self.options), name=str(i))(x, train)
         return x
