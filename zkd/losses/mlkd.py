@@ -43,8 +43,17 @@ def _batch_mean(x: jax.Array, axis_name) -> jax.Array:
 
 
 def _gather_batch(x: jax.Array, axis_name) -> jax.Array:
-    """The global batch [B_global, ...] from the local [B, ...] (identity without axis_name)."""
-    return x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+    """The global batch [B_global, ...] from the local [B, ...] (identity without axis_name).
+
+    Built with a psum of per-device slots rather than ``all_gather`` so the result is
+    replicated (device-invariant) under ``shard_map``'s replication checks as well as ``pmap``.
+    """
+    if axis_name is None:
+        return x
+    num_devices = jax.lax.axis_size(axis_name)
+    slots = jnp.zeros((num_devices,) + x.shape, x.dtype)
+    slots = jax.lax.dynamic_update_index_in_dim(slots, x, jax.lax.axis_index(axis_name), axis=0)
+    return jax.lax.psum(slots, axis_name).reshape((num_devices * x.shape[0],) + x.shape[1:])
 
 
 def _median(x: jax.Array) -> jax.Array:
