@@ -17,11 +17,22 @@ from the PyTorch key ``"m1.....mk.<torch leaf>"`` with
 
 ``num_batches_tracked`` buffers carry no information for inference and are ignored.
 torch is imported only when a file has to be read.
+
+Files: ``from_torch_checkpoint(path_or_state_dict, name, num_classes, zoo)`` reads official
+mdistiller/CRD teacher files (``{"model": state_dict, ...}``) and torchvision state dicts. The
+command ::
+
+    python -m zkd.convert --checkpoint resnet32x4_vanilla/ckpt_epoch_240.pth \
+        --model resnet32x4 --num_classes 100 --output teachers/resnet32x4
+
+writes an orbax variables directory (``zkd.checkpoint``) a training config can name as its
+teacher, and prints the parameter count.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -65,6 +76,15 @@ def _kernel_from_torch(weight: np.ndarray) -> np.ndarray:
     raise ValueError(f"cannot convert a {weight.ndim}-D weight to a Flax kernel")
 
 
+def _torch_shape(flax_shape: tuple, transform) -> tuple:
+    """The PyTorch shape of a Flax leaf (inverse of ``_kernel_from_torch``)."""
+    if transform == "kernel" and len(flax_shape) == 4:
+        return tuple(flax_shape[i] for i in (3, 2, 0, 1))
+    if transform == "kernel" and len(flax_shape) == 2:
+        return flax_shape[::-1]
+    return flax_shape
+
+
 def state_dict_to_variables(state_dict: Mapping[str, Any], template: Mapping[str, Any]) -> dict:
     """Fill ``template`` (Flax variables or their ShapeDtypeStructs) from a PyTorch ``state_dict``.
 
@@ -97,14 +117,16 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], template: Mapping[str
                 leaves.append(None)
                 continue
             value = _to_numpy(remaining.pop(torch_key)).astype(np.float32)
+            torch_shape = tuple(value.shape)
             if transform == "kernel":
                 try:
                     value = _kernel_from_torch(value)
                 except ValueError:
                     pass  # reported as mis-shaped below
             if tuple(value.shape) != tuple(leaf.shape):
-                misshaped.append(
-                    f"{torch_key}: checkpoint {tuple(value.shape)} vs model {tuple(leaf.shape)}"
+                misshaped.append(  # both in PyTorch's layout, as the user knows the file
+                    f"{torch_key}: checkpoint {torch_shape} vs model "
+                    f"{_torch_shape(tuple(leaf.shape), transform)}"
                 )
             leaves.append(jnp.asarray(value))
         treedef = jax.tree_util.tree_structure(template[collection])
@@ -123,3 +145,133 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], template: Mapping[str
             + ". Check the architecture name and num_classes the checkpoint was trained with."
         )
     return {c: jax.tree_util.tree_unflatten(td, lv) for c, (_, td, lv) in out.items()}
+
+
+class CheckpointFileError(ValueError):
+    """A PyTorch checkpoint file cannot be read (missing, truncated, corrupt, or not a state dict)."""
+
+
+def _strip_data_parallel(state_dict: Mapping[str, Any]) -> dict:
+    """Drop the "module." prefix ``nn.DataParallel`` / DDP put on every key."""
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _load_torch_file(path: str, weights_only: bool):
+    import torch  # only conversion needs torch
+
+    if not os.path.isfile(path):
+        raise CheckpointFileError(f"PyTorch checkpoint {path} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        hint = ""
+        if weights_only and "weights_only" in str(err):
+            hint = (" The file holds Python objects beyond tensors; if you trust its source, "
+                    "pass weights_only=False (--unsafe_pickle).")
+        raise CheckpointFileError(
+            f"cannot read PyTorch checkpoint {path} (truncated or corrupt?): "
+            f"{type(err).__name__}: {err}.{hint}") from err
+
+
+def extract_state_dict(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> dict:
+    """The state dict inside a loaded checkpoint: its "model" (mdistiller/CRD teachers) or
+    "state_dict" entry, or the mapping itself when it maps names to tensors (torchvision);
+    a DataParallel "module." prefix is removed."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointFileError(
+            f"{source} holds a {type(checkpoint).__name__}, not a state dict or a dict with a "
+            "'model' entry")
+    for key in ("model", "state_dict"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    not_arrays = [k for k, v in checkpoint.items() if not hasattr(v, "shape")]
+    if not checkpoint or not_arrays:
+        raise CheckpointFileError(
+            f"{source} is neither a state dict nor a dict with a 'model' / 'state_dict' entry; "
+            f"its top-level keys: {', '.join(map(str, list(checkpoint)[:20])) or '(none)'}")
+    return _strip_data_parallel(checkpoint)
+
+
+def from_torch_checkpoint(path_or_state_dict, name: str, num_classes: int, zoo: str = "cifar",
+                          *, in_channels: int = 3, weights_only: bool = True) -> dict:
+    """Flax variables of ``zkd.models.build(name, num_classes, zoo)`` from a PyTorch checkpoint.
+
+    Args:
+      path_or_state_dict: a path to a ``torch.save``d file, or the loaded object: an official
+        mdistiller/CRD teacher (a dict whose "model" entry is the state dict, e.g.
+        ``resnet32x4_vanilla/ckpt_epoch_240.pth``), or a plain state dict (torchvision).
+        Keys prefixed "module." (DataParallel) are accepted.
+      name, num_classes, zoo: the architecture the weights belong to.
+      in_channels: image channels the checkpoint's first conv expects.
+      weights_only: passed to ``torch.load``; keep True unless you trust the file's source.
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}``, float32.
+
+    Raises:
+      CheckpointFileError: the file is missing, truncated, corrupt or holds no state dict
+        (the message names the file).
+      CheckpointMismatchError: the weights do not fit the architecture (every missing,
+        unexpected and mis-shaped key is named).
+    """
+    from zkd import models
+
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        source = os.fspath(path_or_state_dict)
+        checkpoint = _load_torch_file(source, weights_only)
+    else:
+        source, checkpoint = "the given state dict", path_or_state_dict
+    state_dict = extract_state_dict(checkpoint, source)
+    model = models.build(name, num_classes=num_classes, zoo=zoo)
+    template = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, in_channels), jnp.float32), train=False))
+    try:
+        return state_dict_to_variables(state_dict, template)
+    except CheckpointMismatchError as err:
+        raise CheckpointMismatchError(
+            f"{source} does not fit {zoo} model {name!r} with {num_classes} classes: {err}") from None
+
+
+def main(argv=None) -> int:
+    """``python -m zkd.convert --checkpoint PATH --model NAME --num_classes 100 --output DIR``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m zkd.convert",
+        description="Convert a PyTorch checkpoint (mdistiller/CRD teacher or torchvision state "
+                    "dict) into an orbax variables directory a zkd config can name as teacher.")
+    parser.add_argument("--checkpoint", required=True, help="torch.save'd file")
+    parser.add_argument("--model", required=True, help="zkd architecture name, e.g. resnet32x4")
+    parser.add_argument("--num_classes", type=int, required=True)
+    parser.add_argument("--zoo", default="cifar", choices=("cifar", "imagenet"))
+    parser.add_argument("--in_channels", type=int, default=3)
+    parser.add_argument("--output", required=True, help="new directory to write (never overwritten)")
+    parser.add_argument("--unsafe_pickle", action="store_true",
+                        help="torch.load(weights_only=False): only for files you trust")
+    args = parser.parse_args(argv)
+
+    from zkd import checkpoint, models
+
+    if os.path.exists(args.output):
+        parser.error(f"--output {args.output} exists already; choose a new directory")
+    try:
+        variables = from_torch_checkpoint(
+            args.checkpoint, args.model, args.num_classes, args.zoo,
+            in_channels=args.in_channels, weights_only=not args.unsafe_pickle)
+    except (CheckpointFileError, CheckpointMismatchError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    metadata = {"model": args.model, "zoo": args.zoo, "num_classes": args.num_classes,
+                "in_channels": args.in_channels,
+                "source": os.path.abspath(args.checkpoint)}
+    out = checkpoint.save_variables(args.output, variables, metadata)
+    n = models.count_params(variables["params"])
+    print(f"{args.model} ({args.zoo}, {args.num_classes} classes): {n:,} parameters -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
