@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from zkd.losses import _common
-from zkd.losses.kd import kl_per_example, maybe_standardize
+from zkd.losses.kd import kl_per_example, tempered_logits
 from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS
 
 
@@ -40,10 +40,8 @@ def dkd_terms(
     batch, num_classes = student.shape
     labels = _common.as_labels(labels, batch, num_classes)
     t = _common.as_scalar(temperature, "temperature", student.dtype, positive=True)
-    student, teacher = maybe_standardize(student, teacher, logit_stand, eps, ddof)
-
+    s, v = tempered_logits(student, teacher, t, logit_stand, eps, ddof)
     is_target = jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
-    s, v = student / t, teacher / t
 
     log_p_s = jax.nn.log_softmax(s, axis=-1)
     log_p_t = jax.nn.log_softmax(v, axis=-1)

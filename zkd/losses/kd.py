@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from zkd.losses import _common
-from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS, standardize
+from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS, standardize_over_temperature
 
 
 def kl_per_example(log_p_teacher: jax.Array, log_p_student: jax.Array) -> jax.Array:
@@ -19,12 +19,15 @@ def kl_per_example(log_p_teacher: jax.Array, log_p_student: jax.Array) -> jax.Ar
     return jnp.sum(terms, axis=-1)
 
 
-def maybe_standardize(student, teacher, logit_stand: bool, eps: float, ddof: int):
-    """(student, teacher) z-scored when ``logit_stand``; the teacher behind stop_gradient."""
+def tempered_logits(student, teacher, temperature, logit_stand: bool, eps: float, ddof: int):
+    """(student / T, teacher / T), z-scored first when ``logit_stand``; teacher gets no gradient."""
     teacher = jax.lax.stop_gradient(teacher)
     if logit_stand:
-        return standardize(student, eps, ddof), standardize(teacher, eps, ddof)
-    return student, teacher
+        return (
+            standardize_over_temperature(student, temperature, eps, ddof),
+            standardize_over_temperature(teacher, temperature, eps, ddof),
+        )
+    return student / temperature, teacher / temperature
 
 
 def kd_loss(
@@ -58,9 +61,9 @@ def kd_loss(
     _common.check_reduction(reduction)
     student, teacher = _common.as_logit_pair(student_logits, teacher_logits)
     t = _common.as_scalar(temperature, "temperature", student.dtype, positive=True)
-    student, teacher = maybe_standardize(student, teacher, logit_stand, eps, ddof)
-    log_p_s = jax.nn.log_softmax(student / t, axis=-1)
-    log_p_t = jax.nn.log_softmax(teacher / t, axis=-1)
+    s, v = tempered_logits(student, teacher, t, logit_stand, eps, ddof)
+    log_p_s = jax.nn.log_softmax(s, axis=-1)
+    log_p_t = jax.nn.log_softmax(v, axis=-1)
     per_example = kl_per_example(log_p_t, log_p_s) * t**2
     per_example = _common.poison_unless(t > 0, per_example)
     return _common.reduce(per_example, reduction)

@@ -41,16 +41,41 @@ def standardize(logits: jax.Array, eps: float = DEFAULT_EPS, ddof: int = DEFAULT
         )
     if logits.ndim < 1:
         raise ValueError("logits must have a class axis (the last axis), got a scalar")
+    centered, std = _centered_and_std(logits, ddof)
+    return centered / (eps + std)
+
+
+def _centered_and_std(
+    logits: jax.Array, ddof: int, mean_gradient: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """(x - mean [..., K], std [..., 1]) in float32, with finite gradients at std 0.
+
+    ``mean_gradient=False`` stops the gradient through the mean: exact whenever the consumer
+    is invariant to a per-sample shift (any softmax), and one reduction cheaper backward.
+    """
     num_classes = logits.shape[-1]
     if num_classes <= ddof:
         raise ValueError(
             f"standardize needs more classes than ddof: got {num_classes} classes with ddof={ddof}"
         )
     x = logits.astype(compute_dtype(logits.dtype))
-    centered = x - jnp.mean(x, axis=-1, keepdims=True)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centered = x - (mean if mean_gradient else jax.lax.stop_gradient(mean))
     var = jnp.sum(centered * centered, axis=-1, keepdims=True) / (num_classes - ddof)
     # sqrt has an infinite derivative at 0; the double `where` keeps gradients finite for
     # constant logits (where `centered` is 0 and the std's gradient is irrelevant).
     positive = var > 0
     std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
-    return centered / (eps + std)
+    return centered, std
+
+
+def standardize_over_temperature(
+    logits: jax.Array, temperature: jax.Array, eps: float = DEFAULT_EPS, ddof: int = DEFAULT_DDOF
+) -> jax.Array:
+    """``standardize(logits) / temperature`` with one multiply per logit, for softmax consumers.
+
+    The losses' hot path. Its gradient drops the (exactly zero) part that flows through the
+    per-sample mean into a shift-invariant softmax, so use it only in front of a softmax.
+    """
+    centered, std = _centered_and_std(logits, ddof, mean_gradient=False)
+    return centered * (1.0 / ((eps + std) * temperature))
