@@ -71,3 +71,84 @@ def restore_variables(directory: str | os.PathLike) -> tuple[Any, dict]:
     with ocp.StandardCheckpointer() as checkpointer:
         variables = checkpointer.restore(os.path.join(directory, _VARIABLES))
     return jax.tree.map(np.asarray, variables), metadata
+
+
+# ----------------------------------------------------------------------------- training runs
+# A run's workdir holds two orbax CheckpointManagers of the student (never the teacher):
+#   checkpoints/<step>/  the latest one, plus one every `keep_every_steps` steps
+#   best/<step>/         the one with the best test accuracy so far
+# each with items "state" (step, params, batch_stats, opt_state) and "meta" (JSON: epoch,
+# best accuracy, ...). Orbax writes into a temporary directory and renames it when complete,
+# so an interrupted save is never read back.
+
+_LATEST, _BEST = "checkpoints", "best"
+
+
+def _manager(directory: str, max_to_keep: int, keep_period: int | None = None) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, keep_period=keep_period, create=True, cleanup_tmp_directories=True
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+
+
+class TrainingCheckpoints:
+    """Latest / periodic / best checkpoints of a training run in ``workdir``."""
+
+    def __init__(self, workdir: str, keep_every_steps: int | None = None):
+        workdir = os.path.abspath(workdir)
+        self._latest = _manager(os.path.join(workdir, _LATEST), max_to_keep=1, keep_period=keep_every_steps)
+        self._best = _manager(os.path.join(workdir, _BEST), max_to_keep=1)
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step()
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
+        """(state, meta) of the latest complete checkpoint, or None when there is none.
+
+        ``abstract_state``: the state's tree (arrays or ShapeDtypeStructs with shardings) to
+        restore into.
+        """
+        step = self._latest.latest_step()
+        if step is None:
+            return None
+        restored = self._latest.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        )
+        return restored["state"], dict(restored["meta"])
+
+    def save(self, step: int, state: Any, meta: dict, is_best: bool) -> None:
+        """Save the latest checkpoint (and the best one when ``is_best``); asynchronous."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self._latest.save(step, args=args, force=True)
+        if is_best:
+            args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            self._best.save(step, args=args, force=True)
+
+    def wait(self) -> None:
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()
+
+
+def restore_best_student(workdir: str) -> dict | None:
+    """``{"params", "batch_stats"}`` of the student in a run's best checkpoint (host numpy), or None."""
+    directory = os.path.join(os.path.abspath(workdir), _BEST)
+    if not os.path.isdir(directory):
+        return None
+    manager = _manager(directory, max_to_keep=1)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    finally:
+        manager.close()
+    state = restored["state"]
+    return {
+        "params": jax.tree.map(np.asarray, state["params"]["student"]),
+        "batch_stats": jax.tree.map(np.asarray, state["batch_stats"]),
+    }

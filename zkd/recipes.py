@@ -1,0 +1,266 @@
+"""The paper's recipes and tables as data, and the config builder the config files share.
+
+Everything a config file needs beyond ``ml_collections`` lives here, so ``configs/`` imports
+only from zkd: the default config (every field, locked), the argument parser of
+``--config configs/x.py:a=1,b=2``, the per-pair settings of the released logs and the
+published numbers (REFERENCE.md §3-4 and §6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import ml_collections
+
+# Paper / official names -> zkd model names.
+ALIASES = {
+    "R32x4": "resnet32x4", "R8x4": "resnet8x4", "R56": "resnet56", "R20": "resnet20",
+    "R110": "resnet110", "R32": "resnet32", "VGG13": "vgg13", "VGG8": "vgg8",
+    "WRN-40-2": "wrn_40_2", "WRN-40-1": "wrn_40_1", "WRN-16-2": "wrn_16_2",
+    "ShuffleV1": "ShuffleV1", "ShuffleV2": "ShuffleV2", "MN-V2": "MobileNetV2", "R50": "ResNet50",
+}
+SMALL_LR_STUDENTS = ("ShuffleV1", "ShuffleV2", "MobileNetV2")  # lr 0.01 instead of 0.05
+
+# CIFAR-100 pairs of Tables 1 (same family) and 2 (different families), in the paper's order.
+CIFAR_PAIRS = (
+    ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("wrn_40_2", "wrn_40_1"), ("wrn_40_2", "wrn_16_2"),
+    ("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet110", "resnet20"),
+    ("resnet32x4", "ShuffleV2"), ("resnet32x4", "wrn_16_2"), ("resnet32x4", "wrn_40_2"),
+    ("wrn_40_2", "resnet8x4"), ("wrn_40_2", "MobileNetV2"), ("vgg13", "MobileNetV2"),
+    ("ResNet50", "MobileNetV2"),
+)
+CIFAR_TEACHERS = tuple(sorted({t for t, _ in CIFAR_PAIRS}))
+IMAGENET_PAIRS = (("ResNet34", "ResNet18"), ("ResNet50", "MobileNetV1"))
+METHODS = ("kd", "dkd", "mlkd", "ctkd")
+
+# (base temperature, KD weight[, DKD beta]) of the released logs with LS (REFERENCE.md §6).
+LS_SETTINGS = {
+    "kd": {
+        ("vgg13", "vgg8"): (3, 9), ("resnet110", "resnet20"): (4, 12), ("resnet32x4", "wrn_16_2"): (3, 9),
+        ("resnet32x4", "wrn_40_2"): (3, 9), ("wrn_40_2", "MobileNetV2"): (3, 9),
+        ("vgg13", "MobileNetV2"): (3, 9), ("ResNet50", "MobileNetV2"): (3, 1),
+    },
+    "dkd": {
+        ("vgg13", "vgg8"): (2, 15, 2), ("wrn_40_2", "wrn_40_1"): (2, 12, 2), ("wrn_40_2", "wrn_16_2"): (2, 12, 2),
+        ("resnet56", "resnet20"): (3, 18, 2), ("resnet110", "resnet32"): (2, 15, 2),
+        ("resnet110", "resnet20"): (2, 15, 2), ("resnet32x4", "wrn_16_2"): (2, 9, 2),
+        ("resnet32x4", "wrn_40_2"): (2, 9, 8), ("wrn_40_2", "resnet8x4"): (2, 18, 2),
+        ("wrn_40_2", "MobileNetV2"): (2, 15, 2), ("vgg13", "MobileNetV2"): (3, 9, 2),
+        ("ResNet50", "MobileNetV2"): (2, 15, 2),
+    },
+    "mlkd": {("vgg13", "vgg8"): (2, 6), ("resnet32x4", "ShuffleV2"): (2, 6), ("vgg13", "MobileNetV2"): (2, 6)},
+    "ctkd": {},
+}
+LS_DEFAULT = (2, 9)
+# DKD's per-pair beta of the baseline (Zhao et al.); 8 elsewhere.
+DKD_BETA = {
+    ("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("vgg13", "vgg8"): 6.0,
+    ("vgg13", "MobileNetV2"): 6.0, ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0,
+}
+
+# Published top-1 (%), (baseline, +LS); REFERENCE.md §6.
+PAPER_TOP1 = {
+    ("kd", "resnet32x4", "resnet8x4"): (73.33, 76.62), ("ctkd", "resnet32x4", "resnet8x4"): (73.39, 76.67),
+    ("dkd", "resnet32x4", "resnet8x4"): (76.32, 77.01), ("mlkd", "resnet32x4", "resnet8x4"): (77.08, 78.28),
+    ("kd", "vgg13", "vgg8"): (72.98, 74.36), ("kd", "wrn_40_2", "wrn_40_1"): (73.54, 74.37),
+    ("kd", "wrn_40_2", "wrn_16_2"): (74.92, 76.11), ("kd", "resnet56", "resnet20"): (70.66, 71.43),
+    ("kd", "resnet110", "resnet32"): (73.08, 74.17), ("kd", "resnet110", "resnet20"): (70.67, 71.48),
+    ("kd", "resnet32x4", "ShuffleV2"): (74.45, 75.56), ("kd", "resnet32x4", "wrn_16_2"): (74.90, 75.26),
+    ("kd", "resnet32x4", "wrn_40_2"): (77.70, 77.92), ("kd", "wrn_40_2", "resnet8x4"): (73.97, 77.11),
+    ("kd", "wrn_40_2", "MobileNetV2"): (68.36, 69.23), ("kd", "vgg13", "MobileNetV2"): (67.37, 68.61),
+    ("kd", "ResNet50", "MobileNetV2"): (67.35, 69.02),
+    ("kd", "ResNet34", "ResNet18"): (71.03, 71.42), ("kd", "ResNet50", "MobileNetV1"): (70.50, 72.18),
+}
+
+
+def canonical(name: str) -> str:
+    """zkd model name for a paper alias (R32x4 -> resnet32x4); other names unchanged."""
+    return ALIASES.get(name, name)
+
+
+def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
+    """Parse ``"a=1,b=x"`` (the part after ':' in ``--config file.py:...``) over ``defaults``.
+
+    Values are converted to the type of their default (bool accepts 1/0/true/false). Unknown
+    keys fail, naming the valid ones.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        if "=" not in item:
+            raise ValueError(f"config argument {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            if value.lower() not in ("1", "0", "true", "false"):
+                raise ValueError(f"config argument {key} must be 1/0/true/false, got {value!r}")
+            out[key] = value.lower() in ("1", "true")
+        elif isinstance(default, int):
+            out[key] = int(value)
+        elif isinstance(default, float):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return ml_collections.ConfigDict(out)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with CIFAR-100 defaults (REFERENCE.md §4). Config files
+    override fields; the returned dict is locked by ``finalize``, so misspelled overrides fail."""
+    c = ml_collections.ConfigDict()
+    c.method = "ce"                  # ce | kd | dkd | mlkd | ctkd
+    c.logit_stand = False
+    c.dataset = "cifar100"           # a key of zkd.data.DATASETS
+    c.data_dir = ""                  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets)
+    c.device_resident_data = False   # CIFAR / Fashion-MNIST: uint8 images on the devices, augmented in the step
+    c.student = ml_collections.ConfigDict({"name": "resnet8x4", "zoo": "cifar"})
+    # teacher.checkpoint: a converted checkpoint dir (python -m zkd.convert), a PyTorch .pth
+    # (converted on the fly), or the workdir of a zkd teacher run (its best checkpoint).
+    c.teacher = ml_collections.ConfigDict({"name": "", "zoo": "cifar", "checkpoint": ""})
+    c.loss = ml_collections.ConfigDict({
+        "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0,
+        "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 20.0, "mlkd_mode": "released",
+    })
+    c.optimizer = ml_collections.ConfigDict({
+        "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+        "lr_milestones": (150, 180, 210), "lr_decay": 0.1,
+    })
+    c.num_epochs = 240
+    c.batch_size = 64                # global
+    c.eval_batch_size = 500          # global
+    c.steps_per_epoch = -1           # -1: train_size // batch_size; >0 caps it (tiny runs)
+    c.max_eval_batches = -1          # -1: the whole test split (exact); >0 for smoke runs only
+    c.seed = 0
+    c.dtype = "float32"              # computation dtype: float32 | bfloat16
+    c.log_every_steps = 100
+    c.checkpoint_every_epochs = 10   # keep a checkpoint every N epochs (latest and best always)
+    c.num_devices = -1               # -1: all devices
+    c.progress_bar = True            # when attached to a terminal
+    c.paper_top1 = ml_collections.ConfigDict({"baseline": -1.0, "logit_stand": -1.0})
+    return c
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Lock the config: assigning a field that does not exist now raises."""
+    config.lock()
+    return config
+
+
+def _epochs_and_lr(method: str, teacher: str, student: str) -> tuple[int, float]:
+    epochs = 240
+    if method == "mlkd":
+        epochs = 960 if (teacher == "resnet32x4" and student in ("ShuffleV1", "ShuffleV2")) else 480
+    lr = 0.01 if student in SMALL_LR_STUDENTS else 0.05
+    return epochs, lr
+
+
+def cifar_distillation(method: str, teacher: str, student: str, logit_stand: bool, seed: int = 0,
+                       teacher_checkpoint: str = "") -> ml_collections.ConfigDict:
+    """The paper's CIFAR-100 recipe for ``method`` on (teacher, student), with or without LS."""
+    teacher, student = canonical(teacher), canonical(student)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    c = base_config()
+    c.method, c.logit_stand, c.seed = method, bool(logit_stand), seed
+    c.student.name, c.teacher.name, c.teacher.checkpoint = student, teacher, teacher_checkpoint
+    c.num_epochs, c.optimizer.learning_rate = _epochs_and_lr(method, teacher, student)
+    pair = (teacher, student)
+    settings = LS_SETTINGS[method].get(pair, LS_DEFAULT)
+    base_temp, weight = settings[:2]
+    beta = settings[2] if len(settings) > 2 else DKD_BETA.get(pair, 8.0)
+    l = c.loss
+    if method == "kd":
+        l.ce_weight = 0.1
+        l.temperature, l.kd_weight = (base_temp, weight) if logit_stand else (4.0, 0.9)
+    elif method == "ctkd":
+        l.ce_weight = 0.1
+        l.kd_weight = weight if logit_stand else 0.9
+    elif method == "dkd":
+        l.ce_weight = 1.0
+        l.temperature = base_temp if logit_stand else 4.0
+        base_beta = DKD_BETA.get(pair, 8.0)
+        l.dkd_alpha, l.dkd_beta = (weight * 1.0, weight * beta) if logit_stand else (1.0, base_beta)
+    elif method == "mlkd":
+        l.ce_weight = 1.0
+        l.temperature, l.kd_weight = (base_temp, weight) if logit_stand else (4.0, 1.0)
+    paper = PAPER_TOP1.get((method, teacher, student))
+    if paper:
+        c.paper_top1.baseline, c.paper_top1.logit_stand = paper
+    return c
+
+
+def cifar_teacher(model: str, seed: int = 0) -> ml_collections.ConfigDict:
+    """Train a CIFAR-100 teacher from scratch with cross-entropy (240 epochs, the same SGD)."""
+    model = canonical(model)
+    c = base_config()
+    c.method, c.seed = "ce", seed
+    c.student.name = model
+    c.optimizer.learning_rate = 0.01 if model in SMALL_LR_STUDENTS else 0.05
+    return c
+
+
+def imagenet_distillation(teacher: str, student: str, logit_stand: bool, seed: int = 0,
+                          teacher_checkpoint: str = "") -> ml_collections.ConfigDict:
+    """ImageNet KD (REFERENCE.md §4): batch 512, 100 epochs, lr 0.2 (x0.1 at 30/60/90), wd 1e-4."""
+    if (teacher, student) not in IMAGENET_PAIRS:
+        raise ValueError(f"ImageNet pairs are {IMAGENET_PAIRS}, got {(teacher, student)}")
+    c = base_config()
+    c.method, c.logit_stand, c.seed = "kd", bool(logit_stand), seed
+    c.dataset = "imagenet2012"
+    c.student.name, c.student.zoo = student, "imagenet"
+    c.teacher.name, c.teacher.zoo, c.teacher.checkpoint = teacher, "imagenet", teacher_checkpoint
+    c.num_epochs, c.batch_size, c.eval_batch_size = 100, 512, 500
+    c.optimizer.learning_rate, c.optimizer.weight_decay = 0.2, 1e-4
+    c.optimizer.lr_milestones = (30, 60, 90)
+    c.loss.dkd_warmup_epochs = 1.0
+    c.loss.ce_weight = 1.0 if teacher == "ResNet34" else 0.5
+    c.loss.temperature, c.loss.kd_weight = (2.0, 9.0) if logit_stand else (1.0, 0.5)
+    c.checkpoint_every_epochs = 5
+    c.log_every_steps = 500
+    paper = PAPER_TOP1.get(("kd", teacher, student))
+    if paper:
+        c.paper_top1.baseline, c.paper_top1.logit_stand = paper
+    return c
+
+
+def shrink_for_local_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``runlocal``: a few tiny steps to check a config end to end on a laptop (not a result)."""
+    c.num_epochs = 2
+    c.batch_size = 16
+    c.eval_batch_size = 64
+    c.steps_per_epoch = 3
+    c.max_eval_batches = 2
+    c.log_every_steps = 1
+    c.checkpoint_every_epochs = 1
+    c.optimizer.lr_milestones = (1,)
+    return c
+
+
+def run_name(c: ml_collections.ConfigDict) -> str:
+    """A workdir name that encodes dataset, method, teacher, student, LS and seed."""
+    method = c.method + ("_ls" if c.logit_stand else "")
+    models = c.student.name if c.method == "ce" else f"{c.teacher.name}-{c.student.name}"
+    return f"{c.dataset}/{method}/{models}/seed{c.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the reproduction tables."""
+
+    method: str
+    teacher: str
+    student: str
+    dataset: str = "cifar100"
+
+    @property
+    def paper(self) -> Optional[tuple[float, float]]:
+        return PAPER_TOP1.get((self.method, self.teacher, self.student))
+
+
+def paper_rows() -> list[Row]:
+    """Every (method, pair) the config files cover: all methods on every CIFAR pair, and ImageNet KD."""
+    rows = [Row(m, t, s) for t, s in CIFAR_PAIRS for m in METHODS]
+    rows += [Row("kd", t, s, "imagenet2012") for t, s in IMAGENET_PAIRS]
+    return rows

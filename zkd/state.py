@@ -1,0 +1,87 @@
+"""The train state: the student (params, BatchNorm statistics, optimizer state) and a frozen teacher.
+
+``params`` is a dict with the student's parameters under ``"student"`` and any learnable
+parameter of the method beside it (CTKD's global temperature under ``"ctkd"``), so one
+optimizer (with the same weight decay, as released) trains them together.
+
+The teacher's variables ride along in ``teacher_variables`` so the compiled step can use them,
+but they are never seen by the optimizer, never updated, and never checkpointed: they are
+reloaded from the config on every start (``checkpointable`` drops them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from zkd import losses
+
+
+class TrainState(train_state.TrainState):
+    """``step``, ``params``, ``opt_state`` (from Flax) + ``batch_stats`` and ``teacher_variables``.
+
+    ``apply_fn`` is the student's ``apply``; ``teacher_apply_fn`` the teacher's (None without a
+    teacher, e.g. teacher training).
+    """
+
+    batch_stats: Any = None
+    teacher_variables: Any = None
+    teacher_apply_fn: Optional[Any] = flax.struct.field(pytree_node=False, default=None)
+
+
+def create_train_state(
+    rng: jax.Array,
+    student_model,
+    input_shape: tuple[int, ...],
+    tx: optax.GradientTransformation,
+    teacher_model=None,
+    teacher_variables=None,
+    ctkd: bool = False,
+) -> TrainState:
+    """Initialise the student from ``rng`` and attach the frozen teacher.
+
+    Args:
+      rng: PRNG key for the student's initialisation.
+      student_model: a Linen module from ``zkd.models.build``.
+      input_shape: one example's (H, W, C).
+      tx: the optimizer (``zkd.optim.torch_sgd``).
+      teacher_model, teacher_variables: the teacher and its ``{"params", "batch_stats"}``.
+      ctkd: add CTKD's learnable global temperature parameter (initialised to 1.0).
+    """
+    variables = student_model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    params = {"student": variables["params"]}
+    if ctkd:
+        params["ctkd"] = {"p": losses.init_temperature_param()}
+    return TrainState.create(
+        apply_fn=student_model.apply,
+        params=params,
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+        teacher_variables=teacher_variables,
+        teacher_apply_fn=None if teacher_model is None else teacher_model.apply,
+    )
+
+
+def checkpointable(state: TrainState) -> dict:
+    """What a checkpoint holds: everything the student needs to resume, never the teacher."""
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+    }
+
+
+def restore_checkpointable(state: TrainState, saved: dict) -> TrainState:
+    """``state`` with the student's part replaced by a restored ``checkpointable`` dict."""
+    return state.replace(
+        step=saved["step"],
+        params=saved["params"],
+        batch_stats=saved["batch_stats"],
+        opt_state=saved["opt_state"],
+    )
