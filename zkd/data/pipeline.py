@@ -1,0 +1,400 @@
+"""Host input pipelines (tf.data over TFDS): training streams and exact evaluation.
+
+Two training paths, chosen by ``DatasetInfo.in_memory``:
+
+* in-memory (CIFAR, Fashion-MNIST): the training split is loaded once as uint8 arrays; step
+  k's global batch is ``batch_indices(seed, k, ...)`` (the same sampler the device-resident
+  pipeline uses) and this process takes its slice of it. The global batch does not depend on
+  the number of processes.
+* streaming (ImageNet): each process reads a contiguous 1/P of the training split
+  (``train[a:b]``), reshuffled every epoch (file order and a 16k-example buffer, both seeded
+  by (seed, epoch)); resuming mid-epoch skips the already-consumed records before decoding.
+
+Augmentation randomness is TF stateless, keyed by (seed, step, position in the global
+batch), so step k is a deterministic function of (seed, k) (and of the process count for
+ImageNet) and a run started at ``start_step=N`` yields exactly the batches an uninterrupted
+run yields from step N on.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from zkd.data import randaugment, transforms
+from zkd.data.device import epoch_permutation
+from zkd.data.info import DatasetInfo, get_info
+from zkd.data.sources import DataNotFoundError, how_to_prepare
+
+SHUFFLE_BUFFER = 16_384
+
+# Random streams: the second word of every stateless seed is (counter * _NUM_STREAMS + stream).
+_WEAK, _STRONG_CROP, _STRONG_RA, _WEAK_RRC = 0, 1, 2, 3
+_NUM_STREAMS = 4
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def resolve_processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(process_index, process_count), defaulting to JAX's; validated."""
+    p = jax.process_index() if process_index is None else int(process_index)
+    n = jax.process_count() if process_count is None else int(process_count)
+    if n < 1 or not 0 <= p < n:
+        raise ValueError(f"process_index must be in [0, process_count); got {p} of {n}")
+    return p, n
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+    """Per-process batch: ``global_batch_size // process_count``; they must divide."""
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of the {process_count} processes"
+        )
+    return global_batch_size // process_count
+
+
+def process_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """The contiguous [start, end) of ``num_examples`` read by one process (sizes differ by <= 1)."""
+    start = num_examples * process_index // process_count
+    end = num_examples * (process_index + 1) // process_count
+    return start, end
+
+
+# ----------------------------------------------------------------------------- TFDS access
+
+
+def prepared_builder(info: DatasetInfo, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of a prepared dataset; fails early with preparation instructions."""
+    builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise DataNotFoundError(how_to_prepare(info.name, data_dir or str(builder.data_dir_root)))
+    return builder
+
+
+def load_arrays(dataset: str | DatasetInfo, data_dir: str | None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """A whole split of an in-memory dataset as arrays, in TFDS's (fixed) file order.
+
+    Args:
+      dataset: name or ``DatasetInfo`` of an in-memory dataset (CIFAR, Fashion-MNIST).
+      data_dir: the TFDS data directory (None: TFDS's default).
+      split: "train" or "test".
+
+    Returns:
+      (images uint8 [N, H, W, C], labels int32 [N]), N = the split's constant size.
+
+    Raises:
+      DataNotFoundError: the dataset is not prepared in ``data_dir`` (says how to prepare it).
+      ValueError: the stored split does not have the expected size or image shape.
+    """
+    info = get_info(dataset)
+    if not info.in_memory:
+        raise ValueError(f"{info.name} is too large to load as arrays; use train_batches / eval_batches")
+    builder = prepared_builder(info, data_dir)
+    shape = tf.TensorSpec(info.image_shape, tf.uint8)
+
+    def decode(batch):  # decoding whole batches is faster than TFDS's per-example decoding
+        decode_one = functools.partial(tf.io.decode_image, channels=info.image_shape[2], expand_animations=False)
+        images = tf.map_fn(decode_one, batch["image"], fn_output_signature=shape)
+        return images, tf.cast(batch["label"], tf.int32)
+
+    ds = builder.as_dataset(split=info.tfds_split(split), decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.batch(4096).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    parts = list(ds.as_numpy_iterator())
+    images = np.concatenate([x for x, _ in parts]) if parts else np.zeros((0, *info.image_shape), np.uint8)
+    labels = np.concatenate([y for _, y in parts]) if parts else np.zeros((0,), np.int32)
+    expected = (info.split_size(split), *info.image_shape)
+    if images.shape != expected or labels.shape != expected[:1]:
+        raise ValueError(
+            f"{info.name} {split} split in {data_dir} has images {images.shape} / labels {labels.shape}; "
+            f"expected {expected}. Re-run the preparation: {how_to_prepare(info.name, data_dir)}"
+        )
+    return images, labels
+
+
+# ----------------------------------------------------------------------------- randomness
+
+
+def _seed(seed: int, counter, stream: int) -> tf.Tensor:
+    """Stateless seed int64 [2] = (seed, counter * _NUM_STREAMS + stream)."""
+    counter = tf.cast(counter, tf.int64)
+    return tf.stack([tf.constant(seed, tf.int64), counter * _NUM_STREAMS + stream])
+
+
+def _batch_uniforms(seed: int, step, stream: int, global_batch_size: int, local: slice, width: int) -> tf.Tensor:
+    """Uniforms [b, width] for this process's rows of the global batch at ``step``.
+
+    Drawn for the whole global batch and sliced, so example j of the global batch gets the
+    same numbers whatever the number of processes.
+    """
+    u = tf.random.stateless_uniform([global_batch_size, width], seed=_seed(seed, step, stream))
+    return u[local]
+
+
+@functools.lru_cache(maxsize=4)
+def _host_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """``epoch_permutation`` evaluated on the host CPU (bit-identical to the device's)."""
+    try:
+        device = jax.devices("cpu")[0]
+    except RuntimeError:  # CPU backend disabled (JAX_PLATFORMS without cpu): default device
+        device = None
+    with jax.default_device(device):
+        return np.asarray(epoch_permutation(seed, epoch, num_examples))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_batches(
+    dataset: str | DatasetInfo,
+    *,
+    data_dir: str | None,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    two_views: bool = False,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite iterator over this process's part of the global training batches.
+
+    Yields, for steps start_step, start_step + 1, ...:
+      ``{"image": float32 [b, H, W, C] normalized, "label": int32 [b]}``, or with
+      ``two_views`` (MLKD) ``{"image_weak", "image_strong", "label"}``;
+      b = global_batch_size // process_count. Concatenating the batches of processes
+      0..P-1 gives the global batch of the step.
+    """
+    info = get_info(dataset)
+    p, n = resolve_processes(process_index, process_count)
+    b = local_batch_size(global_batch_size, n)
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    if info.in_memory:
+        images, labels = load_arrays(info, data_dir, "train")
+        ds = _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views)
+        return ds.as_numpy_iterator()
+    return _streaming_train(info, data_dir, global_batch_size, p, n, seed, start_step, two_views)
+
+
+def in_memory_train_dataset(
+    info: DatasetInfo,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    two_views: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+    """The in-memory training stream over given arrays (``train_batches`` without TFDS).
+
+    Args:
+      images: uint8 [N, H, W, C]; labels: int [N] (N need not be the constant size).
+    """
+    b = local_batch_size(global_batch_size, process_count)
+    return _in_memory_train(info, images, labels, global_batch_size, process_index, b, seed, start_step, two_views)
+
+
+def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views):
+    num = images.shape[0]
+    steps_per_epoch = num // global_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"global_batch_size {global_batch_size} exceeds the {num} training examples")
+    labels = np.asarray(labels, np.int32)
+    lo = p * b
+
+    def gather():
+        step = start_step
+        while True:
+            epoch, k = divmod(step, steps_per_epoch)
+            perm = _host_permutation(seed, epoch, num)
+            idx = perm[k * global_batch_size + lo : k * global_batch_size + lo + b]
+            yield step, images[idx], labels[idx]
+            step += 1
+
+    signature = (
+        tf.TensorSpec([], tf.int64),
+        tf.TensorSpec([b, *images.shape[1:]], tf.uint8),
+        tf.TensorSpec([b], tf.int32),
+    )
+    local = slice(lo, lo + b)
+
+    def augment(step, x, y):
+        u = _batch_uniforms(seed, step, _WEAK, global_batch_size, local, 3)
+        weak = transforms.pad_crop_flip(x, *transforms.crop_flip_from_uniform(u, info.pad), info.pad)
+        if not two_views:
+            return {"image": transforms.normalize(weak, info), "label": y}
+        u = _batch_uniforms(seed, step, _STRONG_CROP, global_batch_size, local, 3)
+        strong = transforms.pad_crop_flip(x, *transforms.crop_flip_from_uniform(u, info.pad), info.pad)
+        u = _batch_uniforms(seed, step, _STRONG_RA, global_batch_size, local, randaugment.NUM_UNIFORMS)
+        strong = randaugment.rand_augment_cutout(strong, u)
+        return {
+            "image_weak": transforms.normalize(weak, info),
+            "image_strong": transforms.normalize(strong, info),
+            "label": y,
+        }
+
+    ds = tf.data.Dataset.from_generator(gather, output_signature=signature)
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _read_config(seed: int | None) -> tfds.ReadConfig:
+    options = tf.data.Options()
+    options.deterministic = True
+    return tfds.ReadConfig(shuffle_seed=seed, options=options)
+
+
+def _streaming_train(info, data_dir, global_batch_size, p, n, seed, start_step, two_views):
+    builder = prepared_builder(info, data_dir)
+    b = global_batch_size // n
+    steps_per_epoch = info.train_size // global_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"global_batch_size {global_batch_size} exceeds the {info.train_size} training examples")
+    start, end = process_range(info.train_size, p, n)
+    height, width, _ = info.image_shape
+
+    def example(j, epoch, ex):
+        """j: index of the example within this process's epoch stream."""
+        step = epoch * steps_per_epoch + j // b
+        counter = step * global_batch_size + p * b + j % b  # position in the global stream
+        u = tf.random.stateless_uniform([2], seed=_seed(seed, counter, _WEAK))
+        weak = transforms.decode_random_resized_crop(ex["image"], _seed(seed, counter, _WEAK_RRC), height)
+        out = {"image": transforms.random_flip(weak, u[0]), "label": tf.cast(ex["label"], tf.int32)}
+        if two_views:
+            strong = transforms.decode_random_resized_crop(ex["image"], _seed(seed, counter, _STRONG_CROP), height)
+            strong = transforms.random_flip(strong, u[1])
+            ra = tf.random.stateless_uniform([1, randaugment.NUM_UNIFORMS], seed=_seed(seed, counter, _STRONG_RA))
+            out = {
+                "image_weak": out["image"],
+                "image_strong": randaugment.rand_augment_cutout(strong[None], ra)[0],
+                "label": out["label"],
+            }
+        return out
+
+    def normalize_batch(batch):
+        return {k: (v if k == "label" else transforms.normalize(v, info)) for k, v in batch.items()}
+
+    epoch = start_step // steps_per_epoch
+    skip = (start_step - epoch * steps_per_epoch) * b
+    while True:
+        epoch_seed = _epoch_seed(seed, epoch)
+        ds = builder.as_dataset(
+            split=f"train[{start}:{end}]",
+            shuffle_files=True,
+            read_config=_read_config(epoch_seed),
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=epoch_seed, reshuffle_each_iteration=False)
+        ds = ds.take(steps_per_epoch * b).skip(skip).enumerate(start=skip)
+        ds = ds.map(
+            lambda j, ex, e=epoch: example(j, e, ex),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        ds = ds.batch(b, drop_remainder=True).map(normalize_batch).prefetch(tf.data.AUTOTUNE)
+        yield from ds.as_numpy_iterator()
+        epoch, skip = epoch + 1, 0
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def eval_steps(num_examples: int, global_batch_size: int, process_count: int) -> int:
+    """Evaluation steps, the same on every process: ceil(ceil(N / P) / b)."""
+    b = local_batch_size(global_batch_size, process_count)
+    return math.ceil(math.ceil(num_examples / process_count) / b)
+
+
+def eval_batches(
+    dataset: str | DatasetInfo,
+    *,
+    data_dir: str | None,
+    split: str = "test",
+    global_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Finite iterator over this process's evaluation batches, every example exactly once.
+
+    Process p reads the contiguous ``process_range(N, p, P)`` of the split, in order. Every
+    process yields ``eval_steps(N, global_batch_size, P)`` batches of b = G // P examples:
+    ``{"image": float32 [b, H, W, C] normalized, "label": int32 [b], "mask": bool [b]}``;
+    padding rows have zero images, label 0 and mask False, and the masks of all processes
+    together hold exactly N True entries. No augmentation (ImageNet: resize 256, centre
+    crop 224).
+    """
+    info = get_info(dataset)
+    p, n = resolve_processes(process_index, process_count)
+    b = local_batch_size(global_batch_size, n)
+    num = info.split_size(split)
+    start, end = process_range(num, p, n)
+    steps = eval_steps(num, global_batch_size, n)
+    if info.in_memory:
+        images, labels = load_arrays(info, data_dir, split)
+        ds = _in_memory_eval(info, images[start:end], labels[start:end], b)
+    else:
+        ds = _streaming_eval(info, data_dir, f"{info.tfds_split(split)}[{start}:{end}]", end - start, b)
+    return pad_eval_batches(ds.as_numpy_iterator(), b, steps, info.image_shape)
+
+
+def _in_memory_eval(info, images, labels, b):
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": np.asarray(labels, np.int32)}).batch(b)
+    return ds.map(lambda e: {"image": transforms.normalize(e["image"], info), "label": e["label"]}).prefetch(2)
+
+
+def _streaming_eval(info, data_dir, split, count, b):
+    builder = prepared_builder(info, data_dir)
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+    size = info.image_shape[0]
+
+    def example(ex):
+        image = transforms.decode_resize_center_crop(ex["image"], size)
+        return {"image": transforms.normalize(image, info), "label": tf.cast(ex["label"], tf.int32)}
+
+    ds = ds.take(count).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(b).prefetch(tf.data.AUTOTUNE)
+
+
+def pad_eval_batches(batches, b: int, steps: int, image_shape) -> Iterator[dict[str, np.ndarray]]:
+    """Pads a finite stream of {"image", "label"} batches (<= b rows) to ``steps`` full batches with masks.
+
+    Raises:
+      ValueError: the stream holds more than ``steps`` batches.
+    """
+    done = 0
+    for batch in batches:
+        rows = batch["label"].shape[0]
+        if done == steps or rows > b:
+            raise ValueError(f"evaluation stream longer than {steps} batches of {b}")
+        mask = np.arange(b) < rows
+        yield {
+            "image": _pad_rows(batch["image"].astype(np.float32, copy=False), b),
+            "label": _pad_rows(batch["label"].astype(np.int32, copy=False), b),
+            "mask": mask,
+        }
+        done += 1
+    for _ in range(steps - done):
+        yield {
+            "image": np.zeros((b, *image_shape), np.float32),
+            "label": np.zeros((b,), np.int32),
+            "mask": np.zeros((b,), bool),
+        }
+
+
+def _pad_rows(x: np.ndarray, b: int) -> np.ndarray:
+    if x.shape[0] == b:
+        return x
+    return np.concatenate([x, np.zeros((b - x.shape[0], *x.shape[1:]), x.dtype)])
