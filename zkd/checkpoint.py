@@ -122,6 +122,8 @@ class TrainingCheckpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._latest.save(step, args=args, force=True)
         if is_best:
+            # One save in flight at a time: two concurrent orbax saves of the same arrays race.
+            self._latest.wait_until_finished()
             args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
             self._best.save(step, args=args, force=True)
 

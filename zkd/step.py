@@ -145,8 +145,8 @@ def make_train_step(settings: StepSettings) -> Callable[[TrainState, dict, jax.A
         metrics["loss"] = loss
         metrics["accuracy"] = jnp.mean(losses.correct_top_k(logits, labels, 1).astype(jnp.float32))
         metrics["learning_rate"] = jnp.asarray(s.learning_rate_fn(state.step), jnp.float32)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["param_norm"] = optax.global_norm(new_state.params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["param_norm"] = optax.tree.norm(new_state.params)
         metrics["logit_std_student"] = _per_sample_std(logits)
         if teacher is not None:
             metrics["agreement"] = jnp.mean((jnp.argmax(logits, -1) == jnp.argmax(teacher[0], -1)).astype(jnp.float32))

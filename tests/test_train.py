@@ -1,0 +1,112 @@
+"""The trainer end to end on mock CIFAR-100 with tiny models: outputs, resume, exact evaluation,
+config safety, trace-once, and devices."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.train_fixtures import N_MOCK, mock_cifar100, save_random_teacher, tiny_config
+from zkd import checkpoint, metrics_io, train
+from zkd import step as step_lib
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    return save_random_teacher(str(tmp_path_factory.mktemp("teacher") / "resnet8"))
+
+
+def _params(workdir):
+    return checkpoint.restore_best_student(workdir)
+
+
+def test_kd_ls_run_writes_everything_and_evaluates_exactly(tmp_path, teacher_dir):
+    workdir = str(tmp_path / "run")
+    with mock_cifar100():
+        summary = train.train_and_evaluate(tiny_config("kd", True, teacher_dir), workdir)
+    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "best", "tensorboard"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    evals = metrics_io.read_metrics(workdir, "eval")
+    assert [e["epoch"] for e in evals] == [1, 2]
+    assert all(e["count"] == N_MOCK for e in evals)  # every test image exactly once
+    teacher = metrics_io.read_metrics(workdir, "teacher")
+    assert len(teacher) == 1 and teacher[0]["count"] == N_MOCK
+    trains = metrics_io.read_metrics(workdir, "train")
+    for key in ("ce", "kd", "loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "agreement",
+                "logit_std_student", "logit_std_teacher"):
+        assert key in trains[0], key
+    assert summary["epochs"] == 2
+    assert summary["best_top1"] == max(e["top1"] for e in evals)
+    assert summary["last_top1"] == evals[-1]["top1"]
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f)["best_top1"] == summary["best_top1"]
+    assert 0 <= summary["agreement"] <= 100 and "agreement" in evals[-1]
+
+
+def test_resume_continues_to_the_same_parameters(tmp_path, teacher_dir):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    with mock_cifar100():
+        train.train_and_evaluate(tiny_config("dkd", True, teacher_dir, epochs=3), straight)
+        train.train_and_evaluate(tiny_config("dkd", True, teacher_dir, epochs=1), resumed)
+        summary = train.train_and_evaluate(tiny_config("dkd", True, teacher_dir, epochs=3), resumed)
+    assert summary["epochs"] == 3
+    a = checkpoint.TrainingCheckpoints(straight).latest_step()
+    b = checkpoint.TrainingCheckpoints(resumed).latest_step()
+    assert a == b == 6
+    ea = metrics_io.read_metrics(straight, "eval")
+    eb = metrics_io.read_metrics(resumed, "eval")
+    np.testing.assert_allclose([e["loss"] for e in ea], [e["loss"] for e in eb], rtol=1e-5)
+
+
+def test_refuses_to_resume_a_workdir_of_another_run(tmp_path, teacher_dir):
+    workdir = str(tmp_path / "run")
+    with mock_cifar100():
+        train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=1), workdir)
+        with pytest.raises(train.ConfigError, match="holds a different run.*logit_stand"):
+            train.train_and_evaluate(tiny_config("kd", False, teacher_dir, epochs=1), workdir)
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("method", "fitnet", "config.method='fitnet'; valid: ce, kd, dkd, mlkd, ctkd"),
+        ("dataset", "svhn", "config.dataset='svhn'; valid"),
+        ("student.name", "resnet9", "config.student.name='resnet9' is not a cifar model; valid: .*resnet8"),
+        ("batch_size", 10, "batch_size=10 is not divisible by the 8 devices"),
+    ],
+)
+def test_bad_config_values_fail_before_training(tmp_path, teacher_dir, field, value, match):
+    c = tiny_config("kd", True, teacher_dir)
+    with c.unlocked():
+        section, _, key = field.rpartition(".")
+        (c[section] if section else c)[key] = value
+    with mock_cifar100(), pytest.raises(ValueError, match=match):
+        train.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+def test_teacher_of_another_architecture_is_named(tmp_path, teacher_dir):
+    c = tiny_config("kd", True, teacher_dir, teacher="resnet14")
+    with mock_cifar100(), pytest.raises(ValueError, match="resnet8.*resnet14|resnet14.*resnet8"):
+        train.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+def test_the_compiled_step_traces_once_per_run(tmp_path, teacher_dir, monkeypatch):
+    traces = []
+    make = step_lib.make_train_step
+
+    def counting_make(settings):
+        inner = make(settings)
+
+        def step(state, batch, rng):
+            traces.append(1)
+            return inner(state, batch, rng)
+
+        return step
+
+    monkeypatch.setattr(step_lib, "make_train_step", counting_make)
+    with mock_cifar100():
+        train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=2, steps=3), str(tmp_path / "run"))
+    assert len(traces) == 1
