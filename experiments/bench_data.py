@@ -7,7 +7,7 @@ downloaded on the offline development machine. After ``load_arrays`` the host pi
 not look at the pixel values, so the figures hold for real CIFAR (loading the arrays from
 TFDS is a one-off of a few seconds, not counted).
 
-Host: ``zkd.data.pipeline.in_memory_train_dataset`` (what ``train_batches`` runs for CIFAR):
+Host: ``zkd.data.pipeline.in_memory_train_batches`` (what ``train_batches`` runs for CIFAR):
 sampler, gather, random crop from the zero-padded image, flip, normalize; and the MLKD two-view
 variant (adds an independent crop/flip and RandAugment + Cutout). Device: the jitted
 ``device_train_batch`` (gather + crop + flip + normalize) on the default JAX backend.
@@ -30,10 +30,9 @@ from zkd.data import pipeline  # noqa: E402
 
 
 def host_rate(images, labels, batch, seconds, two_views):
-    ds = pipeline.in_memory_train_dataset(
+    it = pipeline.in_memory_train_batches(
         data.DATASETS["cifar100"], images, labels, global_batch_size=batch, seed=0, two_views=two_views
     )
-    it = ds.as_numpy_iterator()
     for _ in range(20):  # warm-up: tracing, prefetch buffers
         next(it)
     n, start = 0, time.perf_counter()

@@ -72,10 +72,12 @@ def test_fashion_mnist_pipelines_read_the_prepared_data(fashion_dir):
     assert len(masks) == 4 and sum(int(m.sum()) for m in masks) == 10_000
 
 
-def test_missing_fashion_files_fail_early(tmp_path):
+def test_missing_sources_fail_early(tmp_path):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
     with pytest.raises(data.DataNotFoundError, match="lacks train-labels-idx1-ubyte.gz, t10k-images"):
         prepare.prepare("fashion_mnist", tmp_path, tmp_path / "out")
+    with pytest.raises(data.DataNotFoundError, match="lacks ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar"):
+        prepare.prepare("imagenet2012", tmp_path, tmp_path / "out")
     assert prepare.main(["--dataset", "cifar100", "--source", str(tmp_path / "nope.tar.gz"), "--data_dir", str(tmp_path)]) == 2
 
 

@@ -177,12 +177,12 @@ def train_batches(
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     if info.in_memory:
         images, labels = load_arrays(info, data_dir, "train")
-        ds = _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views)
-        return ds.as_numpy_iterator()
-    return _streaming_train(info, data_dir, global_batch_size, p, n, seed, start_step, two_views)
+        return _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views)
+    builder = prepared_builder(info, data_dir)  # fail now, not at the first batch
+    return _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, two_views)
 
 
-def in_memory_train_dataset(
+def in_memory_train_batches(
     info: DatasetInfo,
     images: np.ndarray,
     labels: np.ndarray,
@@ -193,7 +193,7 @@ def in_memory_train_dataset(
     two_views: bool = False,
     process_index: int = 0,
     process_count: int = 1,
-) -> tf.data.Dataset:
+) -> Iterator[dict[str, np.ndarray]]:
     """The in-memory training stream over given arrays (``train_batches`` without TFDS).
 
     Args:
@@ -204,28 +204,17 @@ def in_memory_train_dataset(
 
 
 def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views):
+    """Python generator over epochs; each epoch is a tf.data pipeline over that epoch's batches.
+
+    The epoch's permutation is computed here, in the caller's thread (never inside a tf.data
+    thread), and this process's rows are gathered in one numpy take.
+    """
     num = images.shape[0]
     steps_per_epoch = num // global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"global_batch_size {global_batch_size} exceeds the {num} training examples")
     labels = np.asarray(labels, np.int32)
-    lo = p * b
-
-    def gather():
-        step = start_step
-        while True:
-            epoch, k = divmod(step, steps_per_epoch)
-            perm = _host_permutation(seed, epoch, num)
-            idx = perm[k * global_batch_size + lo : k * global_batch_size + lo + b]
-            yield step, images[idx], labels[idx]
-            step += 1
-
-    signature = (
-        tf.TensorSpec([], tf.int64),
-        tf.TensorSpec([b, *images.shape[1:]], tf.uint8),
-        tf.TensorSpec([b], tf.int32),
-    )
-    local = slice(lo, lo + b)
+    local = slice(p * b, p * b + b)
 
     def augment(step, x, y):
         u = _batch_uniforms(seed, step, _WEAK, global_batch_size, local, 3)
@@ -242,9 +231,15 @@ def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_
             "label": y,
         }
 
-    ds = tf.data.Dataset.from_generator(gather, output_signature=signature)
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    epoch, first = divmod(start_step, steps_per_epoch)
+    while True:
+        perm = _host_permutation(seed, epoch, num)[: steps_per_epoch * global_batch_size]
+        idx = perm.reshape(steps_per_epoch, global_batch_size)[first:, local]  # [steps, b]
+        steps = np.arange(epoch * steps_per_epoch + first, (epoch + 1) * steps_per_epoch, dtype=np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((steps, images[idx], labels[idx]))
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+        epoch, first = epoch + 1, 0
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -257,8 +252,7 @@ def _read_config(seed: int | None) -> tfds.ReadConfig:
     return tfds.ReadConfig(shuffle_seed=seed, options=options)
 
 
-def _streaming_train(info, data_dir, global_batch_size, p, n, seed, start_step, two_views):
-    builder = prepared_builder(info, data_dir)
+def _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, two_views):
     b = global_batch_size // n
     steps_per_epoch = info.train_size // global_batch_size
     if steps_per_epoch == 0:
