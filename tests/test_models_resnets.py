@@ -73,9 +73,9 @@ def test_bfloat16_computation_keeps_float32_state():
     randomize_batchnorm(torch_model)
     _, variables = torch_to_flax(torch_model, "resnet8", 10, "cifar", (2, 16, 16, 3))
     images = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype(np.float32)
-    f32 = zkd.models.build("resnet8", 10).apply(variables, images, train=False)
+    f32 = jax.jit(zkd.models.build("resnet8", 10).apply)(variables, images)
     bf16_model = zkd.models.build("resnet8", 10, dtype=jnp.bfloat16)
-    bf16 = bf16_model.apply(variables, images, train=False)
+    bf16 = jax.jit(bf16_model.apply)(variables, images)
     assert bf16.dtype == jnp.float32  # logits are handed to the losses in float32
     scale = float(jnp.max(jnp.abs(f32)))
     assert float(jnp.max(jnp.abs(bf16 - f32))) / scale < 5e-2
@@ -83,7 +83,8 @@ def test_bfloat16_computation_keeps_float32_state():
     fresh = jax.eval_shape(lambda: bf16_model.init(
         jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.bfloat16), train=False))
     assert {x.dtype for x in jax.tree.leaves(fresh)} == {jnp.dtype(jnp.float32)}
-    _, updates = bf16_model.apply(variables, images, train=True, mutable=["batch_stats"])
+    train_apply = jax.jit(lambda v, x: bf16_model.apply(v, x, train=True, mutable=["batch_stats"]))
+    _, updates = train_apply(variables, images)
     assert {x.dtype for x in jax.tree.leaves(updates)} == {jnp.dtype(jnp.float32)}
 
 
@@ -123,3 +124,24 @@ def test_training_forward_matches_torch_and_updates_batch_stats(name):
 # Path of the first BatchNorm of each family, in both trees.
 FIRST_BN = {"resnet": ("bn1",), "ResNet": ("bn1",), "vgg": ("block0", "1"),
             "wrn": ("block1", "layer", "0", "bn1")}
+
+
+def test_initialisation_follows_pytorch():
+    """Kaiming-normal (fan_out) convs, BN scale 1 / bias 0, PyTorch's uniform Linear, finite
+    logits straight after init (what training from scratch, e.g. a teacher, starts from)."""
+    model = zkd.models.build("resnet8", num_classes=100)
+    images = jnp.zeros((1, 16, 16, 1))
+    # The "rbg" generator compiles several times faster than threefry here.
+    variables = jax.jit(lambda k: model.init(k, images, train=False))(jax.random.key(0, impl="rbg"))
+    params = variables["params"]
+    kernel = np.asarray(params["layer3"]["0"]["conv2"]["kernel"])  # 3x3, 64 -> 64
+    assert abs(kernel.std() / np.sqrt(2.0 / (9 * 64)) - 1) < 0.03
+    assert abs(kernel.mean()) < 1e-3
+    np.testing.assert_array_equal(params["bn1"]["scale"], 1.0)
+    np.testing.assert_array_equal(params["bn1"]["bias"], 0.0)
+    np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["var"], 1.0)
+    bound = 1 / np.sqrt(64)
+    for leaf in (params["fc"]["kernel"], params["fc"]["bias"]):
+        assert np.all(np.abs(leaf) <= bound) and np.abs(leaf).max() > 0.9 * bound
+    logits = model.apply(variables, np.ones((2, 16, 16, 1), np.float32), train=False)
+    assert logits.shape == (2, 100) and bool(jnp.all(jnp.isfinite(logits)))
