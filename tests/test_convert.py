@@ -15,7 +15,7 @@ import zkd.checkpoint
 import zkd.convert
 import zkd.models
 from model_equivalence import randomize_batchnorm
-from torch_reference.resnets import cifar_resnet
+from torch_reference.resnets import cifar_resnet, four_stage_resnet
 from torch_reference.wrn import wrn
 from zkd.convert import CheckpointFileError, CheckpointMismatchError, from_torch_checkpoint
 
@@ -81,6 +81,18 @@ def test_plain_and_data_parallel_state_dicts(teacher, tmp_path):
     wrapped = {f"module.{k}": v for k, v in state_dict.items()}
     torch.save(wrapped, tmp_path / "dp.pth")
     assert_close(flax_logits(from_torch_checkpoint(str(tmp_path / "dp.pth"), "resnet8", 100)), logits)
+
+
+def test_torchvision_layout_state_dict():
+    """A plain torchvision-style state dict (ImageNet ResNet18, 1000 classes) converts whole."""
+    torch.manual_seed(0)
+    state_dict = four_stage_resnet("ResNet18", 1000, imagenet=True).state_dict()
+    variables = from_torch_checkpoint(state_dict, "ResNet18", 1000, zoo="imagenet")
+    assert zkd.models.count_params(variables["params"]) == 11_689_512
+    np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"],
+                                  state_dict["conv1.weight"].numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(variables["batch_stats"]["layer2"]["0"]["downsample"]["1"]["mean"],
+                                  state_dict["layer2.0.downsample.1.running_mean"].numpy())
 
 
 def test_wrong_architecture_names_the_keys(official_file):
