@@ -1,0 +1,163 @@
+"""The pure train step: every method, devices, dtype, and every config traced on tiny shapes."""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zkd import models, optim, parallel, recipes, train
+from zkd import state as state_lib
+from zkd import step as step_lib
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def _load_config(filename, arg):
+    spec = importlib.util.spec_from_file_location(filename, os.path.join(CONFIG_DIR, filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _state_and_step(config, image_shape=(16, 16, 3), num_classes=10, steps_per_epoch=5):
+    dtype = train.DTYPES[config.dtype]
+    student = models.build(config.student.name, num_classes, zoo=config.student.zoo, dtype=dtype)
+    teacher = teacher_vars = None
+    if config.method != "ce":
+        teacher = models.build(config.teacher.name, num_classes, zoo=config.teacher.zoo, dtype=dtype)
+        teacher_vars = teacher.init(jax.random.key(7), jnp.zeros((1, *image_shape)), train=False)
+    lr_fn = optim.piecewise_epoch_schedule(config.optimizer.learning_rate, steps_per_epoch, (2,))
+    tx = optim.torch_sgd(lr_fn, 0.9, 5e-4)
+    state = state_lib.create_train_state(
+        jax.random.key(0), student, image_shape, tx, teacher, teacher_vars, ctkd=config.method == "ctkd"
+    )
+    settings = train.step_settings(config, steps_per_epoch, lr_fn)
+    return state, step_lib.make_train_step(settings), settings
+
+
+def _batch(settings, batch=8, image_shape=(16, 16, 3), num_classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, *image_shape)).astype(np.float32)
+    out = {"label": rng.integers(0, num_classes, batch).astype(np.int32)}
+    if settings.two_views:
+        out["image_weak"] = images
+        out["image_strong"] = images[:, ::-1] + 0.1
+    else:
+        out["image"] = images
+    return out
+
+
+ALL_CONFIGS = (
+    [("cifar100.py", f"method={r.method},teacher={r.teacher},student={r.student},ls={ls}")
+     for r in recipes.paper_rows() if r.dataset == "cifar100" for ls in (0, 1)]
+    + [("cifar100_teacher.py", f"model={t}") for t in recipes.CIFAR_TEACHERS]
+    + [("imagenet.py", f"teacher={t},student={s},ls={ls}") for t, s in recipes.IMAGENET_PAIRS for ls in (0, 1)]
+    + [("cifar100.py", "runlocal=1"), ("fashion_mnist.py", "")]
+)
+
+
+@pytest.mark.parametrize("filename,arg", ALL_CONFIGS, ids=[f"{f}:{a}" for f, a in ALL_CONFIGS])
+def test_every_config_builds_and_traces_one_step(filename, arg):
+    config = _load_config(filename, arg)
+    train.validate_config(config)
+    assert config.is_locked
+    state, train_step, settings = _state_and_step(config)
+    new_state, metrics = jax.eval_shape(train_step, state, _batch(settings), jax.random.key(0))
+    assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32
+    assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
+
+
+def test_configs_carry_the_per_pair_settings_of_the_released_logs():
+    c = _load_config("cifar100.py", "method=dkd,teacher=R56,student=R20,ls=1")
+    assert (c.loss.temperature, c.loss.dkd_alpha, c.loss.dkd_beta) == (3, 18.0, 36.0)
+    c = _load_config("cifar100.py", "method=dkd,teacher=R56,student=R20,ls=0")
+    assert (c.loss.temperature, c.loss.dkd_alpha, c.loss.dkd_beta, c.loss.ce_weight) == (4.0, 1.0, 2.0, 1.0)
+    c = _load_config("cifar100.py", "method=kd,teacher=resnet32x4,student=resnet8x4,ls=1")
+    assert (c.loss.temperature, c.loss.kd_weight, c.loss.ce_weight) == (2, 9, 0.1)
+    assert (c.paper_top1.baseline, c.paper_top1.logit_stand) == (73.33, 76.62)
+    c = _load_config("cifar100.py", "method=kd,teacher=resnet32x4,student=resnet8x4,ls=0")
+    assert (c.loss.temperature, c.loss.kd_weight) == (4.0, 0.9)
+    c = _load_config("cifar100.py", "method=mlkd,teacher=resnet32x4,student=ShuffleV2,ls=1")
+    assert (c.num_epochs, c.optimizer.learning_rate, c.loss.kd_weight) == (960, 0.01, 6)
+    c = _load_config("imagenet.py", "teacher=ResNet50,student=MobileNetV1,ls=0")
+    assert (c.loss.ce_weight, c.loss.kd_weight, c.loss.temperature, c.batch_size) == (0.5, 0.5, 1.0, 512)
+
+
+def test_config_arguments_and_fields_are_checked():
+    with pytest.raises(ValueError, match="unknown config argument 'lss'"):
+        _load_config("cifar100.py", "lss=1")
+    c = _load_config("cifar100.py", "")
+    with pytest.raises(AttributeError, match="num_epochs"):
+        c.num_epoch = 3  # locked: misspelled fields fail with the closest name
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "mlkd", "ctkd"])
+@pytest.mark.parametrize("ls", [False, True])
+def test_each_method_steps_with_finite_metrics(method, ls):
+    if method == "ce" and ls:
+        pytest.skip("LS does not apply to cross-entropy")
+    c = recipes.cifar_distillation(method, "resnet8", "resnet8", ls) if method != "ce" else recipes.cifar_teacher("resnet8")
+    state, train_step, settings = _state_and_step(c)
+    step = jax.jit(train_step)
+    for i in range(2):
+        state, metrics = step(state, _batch(settings, seed=i), jax.random.key(0))
+    assert int(state.step) == 2
+    for name, value in metrics.items():
+        assert np.isfinite(float(value)), name
+    expected = {"ce": {"ce"}, "kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "ctkd": {"ce", "kd", "ctkd_temperature"},
+                "mlkd": {"ce", "mlkd_kd_weak", "mlkd_kd_strong", "mlkd_cc_weak", "mlkd_bc_weak"}}[method]
+    assert expected <= set(metrics)
+    if method != "ce":
+        # The teacher never changes.
+        assert "agreement" in metrics and "logit_std_teacher" in metrics
+
+
+def test_teacher_is_frozen_and_ctkd_temperature_is_trained():
+    c = recipes.cifar_distillation("ctkd", "resnet8", "resnet8", True)
+    state, train_step, settings = _state_and_step(c, steps_per_epoch=1)  # epoch >= 2: lambda != 0
+    teacher_before = jax.tree.map(np.asarray, state.teacher_variables)
+    step = jax.jit(train_step)
+    for i in range(3):
+        state, _ = step(state, _batch(settings, seed=i), jax.random.key(0))
+    jax.tree.map(np.testing.assert_array_equal, teacher_before, jax.tree.map(np.asarray, state.teacher_variables))
+    assert float(state.params["ctkd"]["p"]) != 1.0
+
+
+def test_dkd_warmup_scales_the_loss_by_epoch():
+    c = recipes.cifar_distillation("dkd", "resnet8", "resnet8", False)
+    state, train_step, settings = _state_and_step(c, steps_per_epoch=1)
+    s1, m1 = jax.jit(train_step)(state, _batch(settings), jax.random.key(0))
+    state2 = state.replace(step=jnp.asarray(9, jnp.int32))  # epoch 10 -> factor 0.5
+    _, m10 = jax.jit(train_step)(state2, _batch(settings), jax.random.key(0))
+    np.testing.assert_allclose(float(m10["dkd"]), 10 * float(m1["dkd"]), rtol=1e-5)
+
+
+def test_four_devices_match_one_device_for_the_same_global_batch():
+    c = recipes.cifar_distillation("kd", "resnet8", "resnet8", True)
+    state, train_step, settings = _state_and_step(c)
+    batches = [_batch(settings, batch=16, seed=i) for i in range(3)]
+    results = []
+    for n in (1, 4):
+        mesh = parallel.make_mesh(n)
+        step = parallel.jit_train_step(train_step, mesh)
+        s = parallel.replicate(jax.tree.map(jnp.copy, state), mesh)
+        for b in batches:
+            s, m = step(s, parallel.global_batch(b, mesh), parallel.replicate(jax.random.key(0), mesh))
+        results.append((jax.tree.map(np.asarray, (s.params, s.batch_stats)), float(m["loss"])))
+    (p1, l1), (p4, l4) = results
+    np.testing.assert_allclose(l4, l1, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p4, p1)
+
+
+def test_bfloat16_computation_keeps_float32_parameters_and_losses():
+    c = recipes.cifar_distillation("kd", "resnet8", "resnet8", True)
+    with c.unlocked():
+        c.dtype = "bfloat16"
+    state, train_step, settings = _state_and_step(c)
+    state, metrics = jax.jit(train_step)(state, _batch(settings), jax.random.key(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.batch_stats))
+    assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
