@@ -13,7 +13,7 @@ import os
 # tf.data only: keep TensorFlow off the accelerators and quiet, before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally ':args'.", lock_config=True)
@@ -27,6 +27,7 @@ _PID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     from zkd import parallel, recipes, train
 
     parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)

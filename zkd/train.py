@@ -235,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
 
     # --- teacher, measured once
     teacher_preds = None
-    if teacher is not None:
+    if teacher is not None and start_epoch < config.num_epochs:
         t_eval = parallel.jit_eval_step(step_lib.make_eval_step(teacher.apply), mesh)
         t_metrics, teacher_preds = evaluate(t_eval, state.teacher_variables, config, mesh, info)
         writer.write(0, "teacher", t_metrics)
@@ -250,7 +250,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
             seed=config.seed, start_step=start_epoch * steps_per_epoch, two_views=settings.two_views,
         )
     bar = ProgressBar(total_steps, config.batch_size, enabled=config.progress_bar)
-    last_eval: dict = {}
     for epoch in range(start_epoch, config.num_epochs):
         epoch_start = time.perf_counter()
         history: list[dict] = []
@@ -289,9 +288,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
         if is_best:
             meta["best_top1"], meta["best_epoch"] = eval_metrics["top1"], epoch + 1
         meta["epoch"] = epoch + 1
-        meta["last_top1"] = eval_metrics["top1"]
+        meta["last_top1"], meta["last_top5"] = eval_metrics["top1"], eval_metrics["top5"]
+        meta["agreement"] = eval_metrics.get("agreement", float("nan"))
         ckpts.save(step_now, state_lib.checkpointable(state), dict(meta), is_best)
-        last_eval = eval_metrics
         if not bar.enabled:
             print(f"epoch {epoch + 1}/{config.num_epochs}: test top-1 {eval_metrics['top1']:.2f}% "
                   f"(best {meta['best_top1']:.2f}%), {eval_metrics['images_per_second']:.0f} img/s", flush=True)
@@ -304,9 +303,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
         "run": recipes.run_name(config),
         "best_top1": meta["best_top1"],
         "best_epoch": meta["best_epoch"],
-        "last_top1": meta.get("last_top1", last_eval.get("top1", float("nan"))),
-        "last_top5": last_eval.get("top5", float("nan")),
-        "agreement": last_eval.get("agreement", float("nan")),
+        "last_top1": meta.get("last_top1", float("nan")),
+        "last_top5": meta.get("last_top5", float("nan")),
+        "agreement": meta.get("agreement", float("nan")),
         "epochs": meta["epoch"],
         "train_seconds": meta["train_seconds"],
         "images_per_second": meta["train_images"] / max(meta["train_seconds"], 1e-9),
