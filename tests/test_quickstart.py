@@ -1,0 +1,37 @@
+"""The README's main job on the real Fashion-MNIST files, shrunk to a few steps."""
+
+import os
+
+import pytest
+
+from zkd import quickstart
+
+SOURCE = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(SOURCE), reason=f"Debian's dataset-fashion-mnist is not installed ({SOURCE})")
+def test_quickstart_prepares_offline_trains_three_runs_and_tabulates(tmp_path):
+    data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "work")
+    assert "prepared offline" in quickstart.ensure_fashion_mnist(data_dir, SOURCE)
+    assert "already prepared" in quickstart.ensure_fashion_mnist(data_dir, SOURCE)
+    rows = quickstart.run_all(workdir, data_dir, "resnet8", "resnet8", teacher_epochs=1, student_epochs=1,
+                              train_steps=2, seed=0)
+    assert [r["run"] for r in rows] == ["teacher", "KD", "KD+LS"]
+    for r in rows:
+        assert r["epochs"] == 1 and 0.0 <= r["best_top1"] <= 100.0
+    assert 0.0 <= rows[1]["agreement"] <= 100.0
+    table = quickstart.format_table(rows)
+    assert table.count("\n") == 4 and "KD+LS" in table
+
+
+def test_missing_data_says_what_to_install(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from zkd.data import DataNotFoundError
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        quickstart.ensure_fashion_mnist(str(tmp_path / "tfds"), str(tmp_path / "nowhere"))
