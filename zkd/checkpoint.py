@@ -68,9 +68,15 @@ def restore_variables(directory: str | os.PathLike) -> tuple[Any, dict]:
                 "(write one with `python -m zkd.convert` or zkd.checkpoint.save_variables)")
     with open(os.path.join(directory, _METADATA)) as f:
         metadata = json.load(f)
-    with ocp.StandardCheckpointer() as checkpointer:
-        variables = checkpointer.restore(os.path.join(directory, _VARIABLES))
-    return jax.tree.map(np.asarray, variables), metadata
+    return _restore_to_host(os.path.join(directory, _VARIABLES)), metadata
+
+
+def _restore_to_host(path: str) -> Any:
+    """A saved pytree as host NumPy arrays, whatever devices wrote it (multi-host safe)."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(path).item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
 # ----------------------------------------------------------------------------- training runs

@@ -92,9 +92,21 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Put a host pytree on every device of the mesh (identical in every process)."""
+    """Put a pytree, identical in every process, on every device of the mesh.
+
+    Works across hosts: each process fills its own devices from its copy of the values.
+    """
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+    def put(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(put, tree)
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh, batch_replicated: bool = False) -> Callable:

@@ -84,7 +84,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, allow_confi
     """Create ``workdir`` and write ``config.json``; refuse to resume a run with another config."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)

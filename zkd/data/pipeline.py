@@ -141,7 +141,7 @@ def _batch_uniforms(seed: int, step, stream: int, global_batch_size: int, local:
 def _host_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """``epoch_permutation`` evaluated on the host CPU (bit-identical to the device's)."""
     try:
-        device = jax.devices("cpu")[0]
+        device = jax.local_devices(backend="cpu")[0]  # this process's own (multi-host safe)
     except RuntimeError:  # CPU backend disabled (JAX_PLATFORMS without cpu): default device
         device = None
     with jax.default_device(device):

@@ -1,0 +1,29 @@
+"""One process of the multi-host test: a tiny KD+LS run on synthetic CIFAR-100.
+
+    python tests/multihost_worker.py WORKDIR TEACHER_DIR PROCESS_ID NUM_PROCESSES PORT DEVICES_PER_PROCESS
+
+With NUM_PROCESSES > 1 it joins a jax.distributed cluster on 127.0.0.1:PORT (CPU collectives
+over gloo); process 0 writes WORKDIR/summary.json as usual.
+"""
+
+import os
+import sys
+
+workdir, teacher_dir, pid, nproc, port, ndev = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ndev}"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from zkd import parallel, train  # noqa: E402
+
+if nproc > 1:
+    parallel.initialize_distributed(f"127.0.0.1:{port}", nproc, pid)
+
+from tests.train_fixtures import mock_cifar100, tiny_config  # noqa: E402
+
+with mock_cifar100():
+    train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=2, steps=3, batch=16), workdir)
+print(f"process {pid}: done", flush=True)

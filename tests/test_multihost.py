@@ -1,0 +1,48 @@
+"""Two processes on loopback (jax.distributed, CPU collectives) follow the one-process trajectory."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.train_fixtures import save_random_teacher
+from zkd import metrics_io
+
+WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(workdir, teacher, pid, nproc, port, ndev):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    return subprocess.Popen(
+        [sys.executable, WORKER, workdir, teacher, str(pid), str(nproc), str(port), str(ndev)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def test_two_processes_match_one_process(tmp_path):
+    teacher = save_random_teacher(str(tmp_path / "teacher"))
+    single = _launch(str(tmp_path / "single"), teacher, 0, 1, 0, 4)
+    out, _ = single.communicate(timeout=600)
+    assert single.returncode == 0, out[-3000:]
+    port = _free_port()
+    procs = [_launch(str(tmp_path / "multi"), teacher, pid, 2, port, 2) for pid in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o[-3000:]
+    one = metrics_io.read_metrics(str(tmp_path / "single"))
+    two = metrics_io.read_metrics(str(tmp_path / "multi"))
+    assert [r["kind"] for r in one] == [r["kind"] for r in two]
+    for a, b in zip(one, two):
+        for key in ("loss", "top1", "count", "grad_norm", "param_norm", "agreement"):
+            if key in a:
+                np.testing.assert_allclose(b[key], a[key], rtol=2e-4, err_msg=f"{a['kind']} step {a['step']} {key}")
+    assert [r["count"] for r in two if r["kind"] == "eval"] == [64.0, 64.0]
