@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from zkd.losses import _common
-from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS, standardize_over_temperature
+from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS, shifted_standardized_over_temperature
 
 
 def kl_per_example(log_p_teacher: jax.Array, log_p_student: jax.Array) -> jax.Array:
@@ -20,14 +20,29 @@ def kl_per_example(log_p_teacher: jax.Array, log_p_student: jax.Array) -> jax.Ar
 
 
 def tempered_logits(student, teacher, temperature, logit_stand: bool, eps: float, ddof: int):
-    """(student / T, teacher / T), z-scored first when ``logit_stand``; teacher gets no gradient."""
+    """(student / T, teacher / T), z-scored first when ``logit_stand``; teacher gets no gradient.
+
+    With ``logit_stand`` the values are the z-scores over T minus their per-sample maximum:
+    equal up to a per-sample shift, which every softmax downstream ignores.
+    """
     teacher = jax.lax.stop_gradient(teacher)
     if logit_stand:
         return (
-            standardize_over_temperature(student, temperature, eps, ddof),
-            standardize_over_temperature(teacher, temperature, eps, ddof),
+            shifted_standardized_over_temperature(student, temperature, eps, ddof),
+            shifted_standardized_over_temperature(teacher, temperature, eps, ddof),
         )
     return student / temperature, teacher / temperature
+
+
+def tempered_log_softmax(student, teacher, temperature, logit_stand: bool, eps: float, ddof: int):
+    """log softmax of ``tempered_logits`` for (student, teacher), [B, K] each."""
+    s, v = tempered_logits(student, teacher, temperature, logit_stand, eps, ddof)
+    if logit_stand:  # already max-shifted: skip log_softmax's own max pass
+        return (
+            s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True)),
+            v - jnp.log(jnp.sum(jnp.exp(v), axis=-1, keepdims=True)),
+        )
+    return jax.nn.log_softmax(s, axis=-1), jax.nn.log_softmax(v, axis=-1)
 
 
 def kd_loss(
@@ -61,9 +76,7 @@ def kd_loss(
     _common.check_reduction(reduction)
     student, teacher = _common.as_logit_pair(student_logits, teacher_logits)
     t = _common.as_scalar(temperature, "temperature", student.dtype, positive=True)
-    s, v = tempered_logits(student, teacher, t, logit_stand, eps, ddof)
-    log_p_s = jax.nn.log_softmax(s, axis=-1)
-    log_p_t = jax.nn.log_softmax(v, axis=-1)
+    log_p_s, log_p_t = tempered_log_softmax(student, teacher, t, logit_stand, eps, ddof)
     per_example = kl_per_example(log_p_t, log_p_s) * t**2
     per_example = _common.poison_unless(t > 0, per_example)
     return _common.reduce(per_example, reduction)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from zkd.losses import _common
-from zkd.losses.kd import kl_per_example, tempered_logits
+from zkd.losses.kd import kl_per_example, tempered_log_softmax
 from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS
 
 MODES = ("released", "paper")
@@ -75,9 +75,7 @@ def confidence_masks(teacher_weak: jax.Array, axis_name=None) -> tuple[jax.Array
 
 def _instance_kd(student, teacher, t, logit_stand, eps, ddof) -> jax.Array:
     """Per-example T^2 KL [B] (LS applies here only)."""
-    s, v = tempered_logits(student, teacher, t, logit_stand, eps, ddof)
-    log_p_s = jax.nn.log_softmax(s, axis=-1)
-    log_p_t = jax.nn.log_softmax(v, axis=-1)
+    log_p_s, log_p_t = tempered_log_softmax(student, teacher, t, logit_stand, eps, ddof)
     return kl_per_example(log_p_t, log_p_s) * t**2
 
 

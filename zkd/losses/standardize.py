@@ -41,14 +41,14 @@ def standardize(logits: jax.Array, eps: float = DEFAULT_EPS, ddof: int = DEFAULT
         )
     if logits.ndim < 1:
         raise ValueError("logits must have a class axis (the last axis), got a scalar")
-    centered, std = _centered_and_std(logits, ddof)
+    _, centered, std = _centered_and_std(logits, ddof)
     return centered / (eps + std)
 
 
 def _centered_and_std(
     logits: jax.Array, ddof: int, mean_gradient: bool = True
-) -> tuple[jax.Array, jax.Array]:
-    """(x - mean [..., K], std [..., 1]) in float32, with finite gradients at std 0.
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(x in float32, x - mean [..., K], std [..., 1]), with finite gradients at std 0.
 
     ``mean_gradient=False`` stops the gradient through the mean: exact whenever the consumer
     is invariant to a per-sample shift (any softmax), and one reduction cheaper backward.
@@ -66,16 +66,20 @@ def _centered_and_std(
     # constant logits (where `centered` is 0 and the std's gradient is irrelevant).
     positive = var > 0
     std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
-    return centered, std
+    return x, centered, std
 
 
-def standardize_over_temperature(
+def shifted_standardized_over_temperature(
     logits: jax.Array, temperature: jax.Array, eps: float = DEFAULT_EPS, ddof: int = DEFAULT_DDOF
 ) -> jax.Array:
-    """``standardize(logits) / temperature`` with one multiply per logit, for softmax consumers.
+    """``standardize(logits) / temperature`` minus its per-sample maximum (so the maximum is 0).
 
-    The losses' hot path. Its gradient drops the (exactly zero) part that flows through the
-    per-sample mean into a shift-invariant softmax, so use it only in front of a softmax.
+    The losses' hot path: every consumer is a softmax, which ignores a per-sample shift, so the
+    z-score's centring is replaced by the max-subtraction a softmax needs anyway (one pass over
+    the logits fewer, and no cancellation for large offsets). The gradient is that of the
+    z-score in front of a softmax: nothing flows through the mean or the max, exactly as the
+    shift-invariance implies.
     """
-    centered, std = _centered_and_std(logits, ddof, mean_gradient=False)
-    return centered * (1.0 / ((eps + std) * temperature))
+    x, centered, std = _centered_and_std(logits, ddof, mean_gradient=False)
+    x_max = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    return (x - x_max) * (1.0 / ((eps + std) * temperature))
