@@ -110,3 +110,38 @@ def test_the_compiled_step_traces_once_per_run(tmp_path, teacher_dir, monkeypatc
     with mock_cifar100():
         train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=2, steps=3), str(tmp_path / "run"))
     assert len(traces) == 1
+
+
+def test_teacher_from_a_zkd_run_and_from_a_pytorch_file(tmp_path):
+    import torch
+
+    from tests.torch_reference import resnets
+    from zkd import convert
+
+    teacher_run = str(tmp_path / "teacher_run")
+    with mock_cifar100():
+        train.train_and_evaluate(tiny_config("ce", student="resnet8", epochs=1), teacher_run)
+        summary = train.train_and_evaluate(tiny_config("kd", True, teacher_run, epochs=1), str(tmp_path / "from_run"))
+    assert summary["epochs"] == 1
+    teacher_top1 = metrics_io.read_metrics(str(tmp_path / "from_run"), "teacher")[0]["top1"]
+    assert teacher_top1 == metrics_io.read_metrics(teacher_run, "eval")[0]["top1"]  # the best checkpoint
+
+    torch.manual_seed(0)
+    pth = str(tmp_path / "ckpt_epoch_240.pth")
+    torch.save({"model": resnets.cifar_resnet("resnet8", 100).state_dict(), "epoch": 240}, pth)
+    with mock_cifar100():
+        summary = train.train_and_evaluate(tiny_config("kd", False, pth, epochs=1), str(tmp_path / "from_pth"))
+    assert summary["epochs"] == 1
+    assert convert.from_torch_checkpoint(pth, "resnet8", 100)["params"]  # the same file, converted
+
+
+def test_device_resident_data_run_trains_and_evaluates_exactly(tmp_path, teacher_dir):
+    c = tiny_config("kd", True, teacher_dir, epochs=1, steps=2)
+    with c.unlocked():
+        c.device_resident_data = True
+    with mock_cifar100():
+        summary = train.train_and_evaluate(c, str(tmp_path / "device"))
+    assert summary["epochs"] == 1
+    assert metrics_io.read_metrics(str(tmp_path / "device"), "eval")[0]["count"] == N_MOCK
+    host = metrics_io.read_metrics(str(tmp_path / "device"), "train")
+    assert all(np.isfinite(r["loss"]) for r in host)
