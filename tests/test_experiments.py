@@ -1,0 +1,292 @@
+"""experiments/: the toy case, logit statistics, the reproduction runner and the Fashion-MNIST study,
+end to end on synthetic data with tiny models (numbers checked against direct computations)."""
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.train_fixtures import N_MOCK, mock_cifar100, save_random_teacher, synthetic_split
+from zkd import data, metrics_io, models
+from zkd.data import pipeline
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", os.path.join(EXPERIMENTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+toy_case = _load("toy_case")
+logit_stats = _load("logit_stats")
+
+
+# ----------------------------------------------------------------------------- toy case
+
+
+def test_toy_case_prints_the_papers_numbers_and_draws(tmp_path, capsys):
+    out = str(tmp_path / "toy.png")
+    numbers = toy_case.main(["--out", out])
+    assert round(numbers["S1"]["kd"], 4) == 0.1749 and round(numbers["S2"]["kd"], 4) == 0.3457
+    assert round(numbers["S1"]["kd_ls"], 4) == 0.0995 and abs(numbers["S2"]["kd_ls"]) < 1e-6
+    printed = capsys.readouterr().out
+    for text in ("0.1749", "0.3457", "0.0995", "0.0000"):
+        assert text in printed
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- logit statistics
+
+
+def test_class_mean_logits_and_analysis_by_hand():
+    logits = np.array([[1.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 2.0, 4.0]], np.float32)
+    labels = np.array([0, 0, 1])  # the last example is misclassified (argmax 2)
+    m = logit_stats.class_mean_logits(logits, labels, 3)
+    np.testing.assert_allclose(m[0], [2.0, 0.0, 0.0])
+    np.testing.assert_allclose(m[1], [0.0, 2.0, 4.0])
+    assert np.all(np.isnan(m[2]))  # no example of class 2
+    student = logits / 2.0
+    result = logit_stats.analyse({"teacher": logits, "s": student}, labels, 3)
+    assert result["students"]["s"]["agreement"] == 100.0
+    assert result["models"]["teacher"]["top1"] == pytest.approx(100.0 * 2 / 3)
+    # raw: the student is the teacher halved, so the difference is half the teacher's class means
+    assert result["students"]["s"]["raw"]["class_mean_diff_max_abs"] == pytest.approx(2.0)
+    # standardized: a scaled copy standardizes to the same logits
+    assert result["students"]["s"]["standardized"]["class_mean_diff_max_abs"] < 1e-5
+    std = result["models"]["teacher"]["raw"]["logit_std"]["mean"]
+    assert std == pytest.approx(np.mean(np.std(logits, axis=1, ddof=1)), rel=1e-6)
+    assert result["models"]["s"]["standardized"]["logit_std"]["mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_logit_stats_end_to_end_on_converted_checkpoints(tmp_path, capsys):
+    teacher = save_random_teacher(str(tmp_path / "teacher"), seed=1)
+    student = save_random_teacher(str(tmp_path / "student"), seed=2)
+    out = str(tmp_path / "stats")
+    with mock_cifar100():
+        result = logit_stats.main(["--teacher", teacher, "--student", f"random={student}", "--dataset", "cifar100",
+                                   "--out_dir", out, "--batch_size", "24"])
+        images, labels = synthetic_split(data.DATASETS["cifar100"], "test")
+    assert result["num_examples"] == N_MOCK
+    with open(os.path.join(out, "logit_stats.json")) as f:
+        assert json.load(f)["students"]["random"]["agreement"] == result["students"]["random"]["agreement"]
+    for name in ("logit_distributions.png", "class_mean_logit_diff.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000
+    # the numbers are those of the two models applied directly to the normalized test images
+    info = data.DATASETS["cifar100"]
+    x = (images.astype(np.float32) / 255.0 - np.asarray(info.mean, np.float32)) / np.asarray(info.std, np.float32)
+    model = models.build("resnet8", 100)
+    direct = {}
+    for label, path in (("teacher", teacher), ("random", student)):
+        variables, _ = __import__("zkd.checkpoint", fromlist=["x"]).restore_variables(path)
+        direct[label] = np.asarray(model.apply(variables, jnp.asarray(x), train=False))
+    agreement = 100.0 * np.mean(direct["teacher"].argmax(1) == direct["random"].argmax(1))
+    assert result["students"]["random"]["agreement"] == pytest.approx(agreement)
+    assert result["models"]["teacher"]["top1"] == pytest.approx(100.0 * np.mean(direct["teacher"].argmax(1) == labels))
+    assert result["models"]["teacher"]["raw"]["logit_std"]["mean"] == pytest.approx(
+        np.mean(np.std(direct["teacher"], axis=1, ddof=1)), rel=1e-4)
+    assert "| random |" in capsys.readouterr().out
+
+
+def test_logit_stats_needs_an_architecture_for_a_bare_file(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"")
+    with pytest.raises(logit_stats.ModelSpecError, match="name its architecture"):
+        logit_stats.architecture(str(path))
+    assert logit_stats.architecture(str(path), "resnet56") == ("resnet56", "cifar")
+    assert logit_stats.parse_spec("KD+LS=/a/b@resnet8") == ("KD+LS", "/a/b", "resnet8")
+    assert logit_stats.parse_spec("/a/run/") == ("run", "/a/run/", "")
+
+
+# ----------------------------------------------------------------------------- reproduction runner
+
+reproduce = _load("reproduce")
+TINY = ("student.name=resnet8,teacher.name=resnet8,steps_per_epoch=2,batch_size=16,eval_batch_size=24,"
+        "max_eval_batches=-1,num_epochs={epochs}")
+
+
+def test_row_selection_and_teacher_layouts(tmp_path):
+    rows = reproduce.select_rows("kd:R32x4:R8x4,table3,kd:R32x4:R8x4")
+    assert [(r.method, r.teacher, r.student) for r in rows] == [
+        ("kd", "resnet32x4", "resnet8x4"), ("kd", "ResNet34", "ResNet18"), ("kd", "ResNet50", "MobileNetV1")]
+    assert len(reproduce.select_rows("*:resnet32x4:resnet8x4")) == 4
+    assert len(reproduce.select_rows("table1")) == 7 * 4 and len(reproduce.select_rows("table2")) == 7 * 4
+    with pytest.raises(reproduce.RowError, match="not in the paper"):
+        reproduce.select_rows("kd:resnet8:resnet8")
+    os.makedirs(tmp_path / "resnet56_vanilla")
+    (tmp_path / "resnet56_vanilla" / "ckpt_epoch_240.pth").write_bytes(b"x")
+    (tmp_path / "resnet34-b627a593.pth").write_bytes(b"x")
+    assert reproduce.find_teacher(str(tmp_path), "resnet56", "cifar100")[0].endswith(
+        "resnet56_vanilla/ckpt_epoch_240.pth")
+    assert reproduce.find_teacher(str(tmp_path), "ResNet34", "imagenet2012")[0].endswith("resnet34-b627a593.pth")
+    assert reproduce.find_teacher(str(tmp_path), "vgg13", "cifar100")[0] is None
+    with pytest.raises(FileNotFoundError, match="vgg13"):
+        reproduce.main(["--rows", "kd:VGG13:VGG8", "--teachers_dir", str(tmp_path), "--list"])
+    name, config = reproduce.make_config(rows[0], True, 3, "t.pth", "/data", True,
+                                         reproduce.parse_overrides("num_epochs=5,optimizer.lr_milestones=2;4"))
+    assert name == "cifar100/kd_ls/resnet32x4-resnet8x4/seed3"
+    assert config.num_epochs == 5 and tuple(config.optimizer.lr_milestones) == (2, 4) and config.batch_size == 16
+    assert reproduce.setting(config) == "T 2, KD 9, CE 0.1"
+    with pytest.raises(ValueError, match="no field"):
+        reproduce.make_config(rows[0], True, 0, "t.pth", "", overrides=[("num_epoch", "3")])
+
+
+@pytest.fixture(scope="module")
+def official_teachers(tmp_path_factory):
+    """mdistiller's layout, resnet32x4_vanilla/ckpt_epoch_240.pth, holding a (random) resnet8."""
+    import torch
+    from torch_reference.resnets import cifar_resnet
+
+    root = tmp_path_factory.mktemp("cifar_teachers")
+    os.makedirs(root / "resnet32x4_vanilla")
+    torch.manual_seed(0)
+    torch.save({"epoch": 240, "model": cifar_resnet("resnet8", 100).state_dict()},
+               root / "resnet32x4_vanilla" / "ckpt_epoch_240.pth")
+    return str(root)
+
+
+def test_reproduce_end_to_end_resumes_a_half_done_table(tmp_path, official_teachers, capsys):
+    from zkd import train
+
+    root = str(tmp_path / "work")
+    common = ["--rows", "kd:R32x4:R8x4", "--ls", "both", "--seeds", "0", "--teachers_dir", official_teachers,
+              "--workdir_root", root, "--runlocal"]
+    calls = []
+    real = train.train_and_evaluate
+
+    def counting(config, workdir, *a, **k):
+        calls.append(workdir)
+        return real(config, workdir, *a, **k)
+
+    kd = os.path.join(root, "cifar100/kd/resnet32x4-resnet8x4/seed0")
+    kd_ls = os.path.join(root, "cifar100/kd_ls/resnet32x4-resnet8x4/seed0")
+    with mock_cifar100(), mock.patch.object(train, "train_and_evaluate", counting):
+        # 1. a first pass of one epoch per run
+        reproduce.main(common + ["--override", TINY.format(epochs=1)])
+        assert calls == [kd, kd_ls]
+        # 2. two epochs wanted: KD resumes and finishes, then KD+LS is interrupted before its summary
+        def interrupted(config, workdir, *a, **k):
+            if workdir == kd_ls:
+                raise KeyboardInterrupt
+            return counting(config, workdir, *a, **k)
+
+        with mock.patch.object(train, "train_and_evaluate", interrupted), pytest.raises(KeyboardInterrupt):
+            reproduce.main(common + ["--override", TINY.format(epochs=2)])
+        half = open(os.path.join(root, "results.md")).read()
+        assert "| 1/1 |" in half and "| 0/1 |" in half  # KD done, KD+LS not yet
+        listed = reproduce.main(common + ["--override", TINY.format(epochs=2), "--list"])
+        assert len(listed) == 2 and "done   " + kd in capsys.readouterr().out
+        # 3. the same command again: KD is skipped, KD+LS resumes from its epoch-1 checkpoint
+        calls.clear()
+        table = reproduce.main(common + ["--override", TINY.format(epochs=2)])
+        assert calls == [kd_ls]
+        # 4. and once more: nothing to do
+        calls.clear()
+        assert reproduce.main(common + ["--override", TINY.format(epochs=2)]) == table
+        assert calls == []
+    for workdir in (kd, kd_ls):
+        assert [e["epoch"] for e in metrics_io.read_metrics(workdir, "eval")] == [1, 2]  # resumed, not redone
+    summaries = {w: json.load(open(os.path.join(w, "summary.json"))) for w in (kd, kd_ls)}
+    lines = [line for line in table.splitlines() if line.startswith("| table1")]
+    assert len(lines) == 2
+    for line, workdir, paper in zip(lines, (kd, kd_ls), (73.33, 76.62)):
+        s = summaries[workdir]
+        assert f"| {s['best_top1']:.2f} | {s['last_top1']:.2f} | {paper:.2f} |" in line
+        assert f"{s['best_top1'] - paper:+.2f}" in line
+    assert "T 2, KD 9, CE 0.1" in lines[1] and "T 4, KD 0.9, CE 0.1" in lines[0]
+    saved = json.load(open(os.path.join(root, "results.json")))
+    assert [e["ls"] for e in saved] == [False, True] and saved[1]["runs"][0]["epochs"] == 2
+
+
+def test_mean_std_over_seeds():
+    assert reproduce.mean_std([]) == ""
+    assert reproduce.mean_std([70.0]) == "70.00"
+    assert reproduce.mean_std([70.0, 72.0]) == "71.00 ± 1.41"
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST study
+
+
+@contextlib.contextmanager
+def mock_fashion_mnist(num_examples: int = 256):
+    """fashion_mnist as synthetic 28x28x1 arrays through zkd's own pipelines (no files needed)."""
+    info = dataclasses.replace(data.DATASETS["fashion_mnist"], train_size=num_examples, test_size=num_examples)
+
+    def load_arrays(dataset, data_dir=None, split="train"):
+        assert data.get_info(dataset).name == "fashion_mnist", dataset
+        return synthetic_split(info, split)
+
+    with mock.patch.dict(data.DATASETS, {"fashion_mnist": info}), mock.patch.object(
+        pipeline, "load_arrays", load_arrays
+    ), mock.patch.object(data, "load_arrays", load_arrays):
+        yield info
+
+
+study = _load("fashion_mnist_study")
+
+
+def test_study_plan_is_the_issues_design():
+    runs = study.plan_runs(study.parse_args(["--workdir_root", "/w"]))
+    unique = study.unique_runs(runs)
+    assert runs[0]["group"] == "teacher" and runs[0]["config"].student.name == "resnet20"
+    main = [r for r in runs if r["group"] == "main"]
+    assert sorted({r["label"] for r in main}) == ["DKD", "DKD+LS", "KD", "KD+LS"] and len(main) == 12
+    ablation = [r for r in runs if r["group"] == "ablation"]
+    assert sorted({r["weight"] for r in ablation}) == [0.9, 3.0, 9.0, 18.0] and len(ablation) == 24
+    assert all(r["config"].loss.temperature == 2.0 and r["config"].loss.ce_weight == 0.1 for r in ablation)
+    # KD+LS at weight 9 is the main KD+LS run: trained once
+    shared = [r for r in ablation if r["ls"] and r["weight"] == 9.0]
+    assert {r["workdir"] for r in shared} == {f"/w/kd_ls/seed{s}" for s in (0, 1, 2)}
+    assert len(unique) == 1 + 12 + 21
+    estimate = sum(study.estimate_seconds(r, study.ASSUMED_IMG_S) for r in unique) / 60
+    assert 45 < estimate < 90, estimate  # sized for ~90 minutes of a 2-core CPU
+    assert 0.3 < study.standardized_max_probability(10, 2.0) < study.standardized_max_probability(100, 2.0) < 1
+
+
+def test_study_end_to_end_tiny(tmp_path):
+    from zkd import train
+
+    root, results, figures = str(tmp_path / "w"), str(tmp_path / "fm.md"), str(tmp_path / "fig")
+    argv = ["--workdir_root", root, "--results", results, "--figures_dir", figures, "--source", "", "--data_dir", "",
+            "--teacher", "resnet8", "--student", "resnet8", "--teacher_epochs", "1", "--teacher_steps", "2",
+            "--student_epochs", "2", "--train_steps", "1", "--methods", "kd,kd_ls", "--seeds", "0",
+            "--ablation_weights", "9", "--ablation_seeds", "0"]
+    calls = []
+    real = train.train_and_evaluate
+
+    def counting(config, workdir, *a, **k):
+        calls.append(workdir)
+        return real(config, workdir, *a, **k)
+
+    with mock_fashion_mnist(), mock.patch.object(train, "train_and_evaluate", counting):
+        text = study.main(argv)
+        assert len(calls) == 4  # teacher, KD, KD+LS (= ablation KD+LS w9), ablation plain KD w9 at T 2
+        calls.clear()
+        assert study.main(argv) == text and calls == []  # everything finished: nothing reruns
+    assert open(results).read() == text
+    kd = json.load(open(os.path.join(root, "kd", "seed0", "summary.json")))
+    kd_ls = json.load(open(os.path.join(root, "kd_ls", "seed0", "summary.json")))
+    assert f"| KD | T 4, KD 0.9, CE 0.1 | 1/1 | {kd['best_top1']:.2f} | {kd['last_top1']:.2f} |" in text
+    assert f"| KD+LS | T 2, KD 9, CE 0.1 | 1/1 | {kd_ls['best_top1']:.2f} |" in text
+    assert f"| KD → KD+LS | 1 | {kd_ls['best_top1'] - kd['best_top1']:.2f} |" in text
+    assert f"| 9 | " in text and "python experiments/fashion_mnist_study.py --workdir_root" in text
+    stats = json.load(open(os.path.join(figures, "logit_stats", "logit_stats.json")))
+    assert set(stats["students"]) == {"KD", "KD+LS"} and stats["num_examples"] == 256
+    best = [e for e in metrics_io.read_metrics(os.path.join(root, "kd", "seed0"), "eval")
+            if e["epoch"] == kd["best_epoch"]][0]
+    assert stats["students"]["KD"]["agreement"] == pytest.approx(best["agreement"])  # the trainer's own number
+    for name in ("ablation.png", "curves.png", "logit_std.png", "logit_stats/logit_distributions.png",
+                 "logit_stats/class_mean_logit_diff.png"):
+        assert os.path.getsize(os.path.join(figures, name)) > 1000, name

@@ -1,0 +1,25 @@
+"""experiments/prototyping.ipynb runs top to bottom (nbclient), the tiny Fashion-MNIST part included."""
+
+import os
+
+import pytest
+
+SOURCE = "/usr/share/datasets/fashion-mnist"
+NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "prototyping.ipynb")
+
+
+@pytest.mark.skipif(not os.path.isdir(SOURCE), reason=f"Debian's dataset-fashion-mnist is not installed ({SOURCE})")
+def test_prototyping_notebook_executes(tmp_path):
+    nbformat = pytest.importorskip("nbformat", reason="nbformat is in the test extra")
+    nbclient = pytest.importorskip("nbclient", reason="nbclient (and ipykernel) are in the test extra")
+    pytest.importorskip("matplotlib", reason="matplotlib is in the test extra")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    env_dir = os.path.dirname(os.path.dirname(NOTEBOOK))
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": env_dir}})
+    client.execute()
+    outputs = {i: "".join(o.get("text", "") for o in c.get("outputs", [])) for i, c in enumerate(nb.cells)
+               if c.cell_type == "code"}
+    text = "\n".join(outputs.values())
+    assert "KD 0.1749" in text and "KD+LS 0.0995" in text and "KD+LS 0.0" in text
+    assert "| KD+LS | resnet8 |" in text
+    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
