@@ -229,3 +229,14 @@ def test_traced_bad_values_poison_the_loss_with_nan():
     dkd = jax.jit(losses.dkd_loss)(S, S, jnp.array([0, 1, 2, 10]), 1.0, 8.0, 4.0)
     ce = jax.jit(losses.cross_entropy)(S, jnp.array([0, 1, 2, 10]))
     assert np.isnan(float(kd)) and np.isnan(float(dkd)) and np.isnan(float(ce))
+
+
+def test_nan_logits_give_nan_losses_never_a_quiet_number():
+    s = np.zeros((2, 5), np.float32)
+    t = np.full((2, 5), np.nan, np.float32)
+    y = np.array([0, 1])
+    for ls in (False, True):
+        assert np.isnan(float(losses.kd_loss(s, t, 2.0, ls)))
+        assert np.isnan(float(losses.kd_loss(t, s, 2.0, ls)))
+        assert np.isnan(float(losses.dkd_loss(s, t, y, 1.0, 8.0, 4.0, ls)))
+        assert all(np.isnan(float(v)) for k, v in losses.mlkd_loss(s, s, t, t, 4.0, 1.0, ls).items() if k.startswith("kd"))

@@ -40,6 +40,29 @@ class MetricWriter:
                     self._tb.scalar(f"{kind}/{k}", float(v), int(step))
             self._tb.flush()
 
+    def truncate_after(self, step: int) -> int:
+        """Drop records past ``step`` (left by a run killed after its last checkpoint), and the
+        teacher record too when nothing was checkpointed (``step == 0``), so a resumed run's
+        metrics.jsonl equals an uninterrupted one's. Returns how many records went."""
+        if not self._active or not os.path.exists(self._path):
+            return 0
+        with open(self._path) as f:
+            lines = [line for line in f if line.strip()]
+        keep = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+            if record["step"] <= step and not (step == 0 and record.get("kind") == "teacher"):
+                keep.append(line if line.endswith("\n") else line + "\n")
+        if len(keep) != len(lines):
+            tmp = self._path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+            os.replace(tmp, self._path)
+        return len(lines) - len(keep)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

@@ -123,11 +123,19 @@ def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.St
     )
 
 
+# Step metrics that are not loss terms; a non-finite report names the loss terms first.
+DIAGNOSTICS = ("loss", "grad_norm", "param_norm", "accuracy", "agreement", "learning_rate",
+               "logit_std_student", "logit_std_teacher", "ctkd_temperature")
+
+
 def _first_nonfinite(history: list[dict], first_step: int) -> Optional[str]:
+    """'step S: term=value, ...' for the first step with a NaN/Inf metric, loss terms first."""
     for i, metrics in enumerate(history):
-        for name, value in metrics.items():
-            if not np.all(np.isfinite(value)):
-                return f"non-finite {name} ({float(np.asarray(value).ravel()[0])}) at step {first_step + i}"
+        bad = [name for name, value in metrics.items() if not np.all(np.isfinite(value))]
+        if bad:
+            bad.sort(key=lambda n: (n in DIAGNOSTICS, DIAGNOSTICS.index(n) if n in DIAGNOSTICS else 0, n))
+            values = ", ".join(f"{n}={float(np.asarray(metrics[n]).ravel()[0])}" for n in bad)
+            return f"non-finite values at step {first_step + i}: {values}"
     return None
 
 
@@ -221,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
                 f"checkpoint step {int(state.step)} does not match epoch {meta['epoch']} x "
                 f"{steps_per_epoch} steps per epoch: the batch size or steps_per_epoch changed"
             )
+    # Records written after the checkpoint we resume from (a run killed mid-epoch) are redone.
+    writer.truncate_after(meta["epoch"] * steps_per_epoch)
     state = parallel.replicate(state, mesh)
     start_epoch = meta["epoch"]
 
@@ -238,7 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
     if teacher is not None and start_epoch < config.num_epochs:
         t_eval = parallel.jit_eval_step(step_lib.make_eval_step(teacher.apply), mesh)
         t_metrics, teacher_preds = evaluate(t_eval, state.teacher_variables, config, mesh, info)
-        writer.write(0, "teacher", t_metrics)
+        if start_epoch == 0:  # a resumed run logged it at its first start
+            writer.write(0, "teacher", t_metrics)
         print(f"teacher {config.teacher.name}: top-1 {t_metrics['top1']:.2f}%  top-5 {t_metrics['top5']:.2f}%  "
               f"logit std {t_metrics['logit_std']:.3f}  ({int(t_metrics['count'])} test images)", flush=True)
 

@@ -15,7 +15,8 @@ def kl_per_example(log_p_teacher: jax.Array, log_p_student: jax.Array) -> jax.Ar
     Terms with zero teacher probability contribute exactly 0 (``torch.kl_div``'s convention).
     """
     p_teacher = jnp.exp(log_p_teacher)
-    terms = jnp.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student), 0.0)
+    # `== 0`, not `> 0`: a NaN teacher probability must poison the loss, not vanish.
+    terms = jnp.where(p_teacher == 0, 0.0, p_teacher * (log_p_teacher - log_p_student))
     return jnp.sum(terms, axis=-1)
 
 

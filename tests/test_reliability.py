@@ -1,0 +1,116 @@
+"""Preemption, determinism and non-finite values (issue: reliability)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.train_fixtures import mock_cifar100, save_random_teacher, tiny_config
+from zkd import checkpoint, data, metrics_io, train
+
+WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
+TIMING = {"images_per_second"}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    return save_random_teacher(str(tmp_path_factory.mktemp("teacher") / "resnet8"))
+
+
+def _worker(workdir, teacher, *flags):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    return subprocess.run([sys.executable, WORKER, workdir, teacher, *flags], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def _comparable(workdir):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics_io.read_metrics(workdir)]
+
+
+def _assert_same_run(a, b):
+    ra, rb = _comparable(a), _comparable(b)
+    assert [(r["kind"], r["step"]) for r in ra] == [(r["kind"], r["step"]) for r in rb]
+    for x, y in zip(ra, rb):
+        assert set(x) == set(y)
+        for k in x:
+            if isinstance(x[k], str):
+                assert x[k] == y[k]
+            else:
+                np.testing.assert_allclose(y[k], x[k], rtol=1e-5, atol=1e-7, err_msg=f"{x['kind']} {x['step']} {k}")
+    pa, pb = checkpoint.restore_best_student(a), checkpoint.restore_best_student(b)
+    import jax
+
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7), pa, pb)
+
+
+@pytest.mark.parametrize("fault", [["--die_after_batches", "7"], ["--die_in_checkpoint", "2"]],
+                         ids=["sigkill_mid_epoch", "sigkill_while_writing_a_checkpoint"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, teacher_dir, fault):
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    done = _worker(straight, teacher_dir)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    first = _worker(killed, teacher_dir, *fault)
+    assert first.returncode == -9, first.stderr[-2000:]  # SIGKILL
+    second = _worker(killed, teacher_dir)  # the same command again
+    assert second.returncode == 0, second.stderr[-3000:]
+    _assert_same_run(straight, killed)
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_differs(tmp_path, teacher_dir):
+    with mock_cifar100():
+        for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+            train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=1, seed=seed), str(tmp_path / name))
+    a, b, c = (_comparable(str(tmp_path / n)) for n in "abc")
+    assert a == b
+    assert [r.get("loss") for r in a] != [r.get("loss") for r in c]
+
+
+def _no_checkpoint_written(workdir):
+    return checkpoint.TrainingCheckpoints(workdir).latest_step() is None
+
+
+def test_nan_in_the_teacher_logits_stops_the_run_naming_step_and_term(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from zkd import models
+
+    model = models.build("resnet8", 100)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    variables["params"]["fc"]["bias"] = jnp.full_like(variables["params"]["fc"]["bias"], jnp.nan)
+    teacher = checkpoint.save_variables(str(tmp_path / "nan_teacher"), variables, {"model": "resnet8", "num_classes": 100})
+    workdir = str(tmp_path / "run")
+    with mock_cifar100(), pytest.raises(train.NonFiniteError, match=r"non-finite values at step 0: kd=nan"):
+        train.train_and_evaluate(tiny_config("kd", True, teacher), workdir)
+    assert _no_checkpoint_written(workdir)
+
+
+def test_nan_in_a_batch_stops_the_run(tmp_path, teacher_dir, monkeypatch):
+    real = data.train_batches
+
+    def poisoned(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == 3:
+                batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+            yield batch
+
+    monkeypatch.setattr(data, "train_batches", poisoned)
+    workdir = str(tmp_path / "run")
+    # NaN images: the conv/BN/ReLU stack may squash the forward to finite logits, but not the gradients.
+    with mock_cifar100(), pytest.raises(train.NonFiniteError, match=r"non-finite values at step 3: .*grad_norm=nan"):
+        train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=2, steps=2), workdir)
+    # The first epoch (steps 0-1) was fine and is kept; nothing from step 3 was written.
+    assert checkpoint.TrainingCheckpoints(workdir).latest_step() == 2
+
+
+def test_an_absurd_learning_rate_stops_the_run(tmp_path, teacher_dir):
+    c = tiny_config("kd", True, teacher_dir, epochs=1, steps=3)
+    with c.unlocked():
+        c.optimizer.learning_rate = 1e30
+    workdir = str(tmp_path / "run")
+    with mock_cifar100(), pytest.raises(train.NonFiniteError, match=r"non-finite values at step [0-9]+: "):
+        train.train_and_evaluate(c, workdir)
+    assert _no_checkpoint_written(workdir)
