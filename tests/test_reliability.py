@@ -114,3 +114,33 @@ def test_an_absurd_learning_rate_stops_the_run(tmp_path, teacher_dir):
     with mock_cifar100(), pytest.raises(train.NonFiniteError, match=r"non-finite values at step [0-9]+: "):
         train.train_and_evaluate(c, workdir)
     assert _no_checkpoint_written(workdir)
+
+
+def test_labels_outside_the_class_range_are_named(tmp_path, teacher_dir, monkeypatch):
+    real = data.train_batches
+
+    def bad_labels(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                batch = dict(batch, label=np.where(np.arange(len(batch["label"])) == 0, 100, batch["label"]))
+            yield batch
+
+    monkeypatch.setattr(data, "train_batches", bad_labels)
+    with mock_cifar100(), pytest.raises(train.DataError, match=r"step 1 has labels \[100\] outside \[0, 100\)"):
+        train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=1, steps=3), str(tmp_path / "run"))
+
+
+def test_an_unwritable_workdir_is_named(tmp_path, teacher_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with mock_cifar100(), pytest.raises(train.ConfigError, match="is not writable.*choose another --workdir"):
+        train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=1), str(blocker / "run"))
+    assert blocker.read_text() == "not a directory"  # nothing overwritten
+
+
+def test_a_missing_dataset_says_how_to_prepare_it(tmp_path, teacher_dir):
+    c = tiny_config("kd", True, teacher_dir, epochs=1)
+    with c.unlocked():
+        c.data_dir = str(tmp_path / "no_tfds_here")
+    with pytest.raises(data.DataNotFoundError, match="python -m zkd.data.prepare"):
+        train.train_and_evaluate(c, str(tmp_path / "run"))

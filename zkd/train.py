@@ -139,6 +139,23 @@ def _first_nonfinite(history: list[dict], first_step: int) -> Optional[str]:
     return None
 
 
+class DataError(ValueError):
+    """A training batch that cannot be right (labels outside the class range)."""
+
+
+def check_labels(batch: dict, num_classes: int, step: int) -> dict:
+    """Host-side check of a batch's labels (cheap, before they reach the device)."""
+    labels = np.asarray(batch["label"])
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise DataError(
+            f"training batch of step {step} has labels {sorted(set(bad.tolist()))[:5]} outside [0, {num_classes}): "
+            "the dataset does not match config.dataset's classes, or its records are corrupt; re-prepare it "
+            "(python -m zkd.data.prepare ...)"
+        )
+    return batch
+
+
 class NonFiniteError(FloatingPointError):
     """A train step produced NaN/Inf; the run stops before writing anything from it."""
 
@@ -269,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
         for i in range(steps_per_epoch):
             step = first_step + i
             if batches is not None:
-                batch = parallel.global_batch(next(batches), mesh)
+                batch = parallel.global_batch(check_labels(next(batches), info.num_classes, step), mesh)
             else:
                 batch = device_data
             state, metrics = p_train_step(state, batch, train_rng)
