@@ -146,7 +146,7 @@ def _mib(n: int) -> str:
 
 def format_table(rows: dict, batch: int) -> list[str]:
     lines = [
-        f"| model | params | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB | compile s (fwd / fwd+bwd) |",
+        "| model | params | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB | compile s (fwd / fwd+bwd) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():

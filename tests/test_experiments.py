@@ -1,22 +1,18 @@
 """experiments/: the toy case, logit statistics, the reproduction runner and the Fashion-MNIST study,
 end to end on synthetic data with tiny models (numbers checked against direct computations)."""
 
-import contextlib
-import dataclasses
 import importlib.util
 import json
 import os
 import sys
 from unittest import mock
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.train_fixtures import N_MOCK, mock_cifar100, save_random_teacher, synthetic_split
+from tests.train_fixtures import N_MOCK, mock_cifar100, mock_dataset, save_random_teacher, synthetic_split
 from zkd import data, metrics_io, models
-from zkd.data import pipeline
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments")
 
@@ -219,19 +215,9 @@ def test_mean_std_over_seeds():
 # ----------------------------------------------------------------------------- Fashion-MNIST study
 
 
-@contextlib.contextmanager
 def mock_fashion_mnist(num_examples: int = 256):
     """fashion_mnist as synthetic 28x28x1 arrays through zkd's own pipelines (no files needed)."""
-    info = dataclasses.replace(data.DATASETS["fashion_mnist"], train_size=num_examples, test_size=num_examples)
-
-    def load_arrays(dataset, data_dir=None, split="train"):
-        assert data.get_info(dataset).name == "fashion_mnist", dataset
-        return synthetic_split(info, split)
-
-    with mock.patch.dict(data.DATASETS, {"fashion_mnist": info}), mock.patch.object(
-        pipeline, "load_arrays", load_arrays
-    ), mock.patch.object(data, "load_arrays", load_arrays):
-        yield info
+    return mock_dataset("fashion_mnist", num_examples)
 
 
 study = _load("fashion_mnist_study")
@@ -281,7 +267,7 @@ def test_study_end_to_end_tiny(tmp_path):
     assert f"| KD | T 4, KD 0.9, CE 0.1 | 1/1 | {kd['best_top1']:.2f} | {kd['last_top1']:.2f} |" in text
     assert f"| KD+LS | T 2, KD 9, CE 0.1 | 1/1 | {kd_ls['best_top1']:.2f} |" in text
     assert f"| KD → KD+LS | 1 | {kd_ls['best_top1'] - kd['best_top1']:.2f} |" in text
-    assert f"| 9 | " in text and "python experiments/fashion_mnist_study.py --workdir_root" in text
+    assert "| 9 | " in text and "python experiments/fashion_mnist_study.py --workdir_root" in text
     stats = json.load(open(os.path.join(figures, "logit_stats", "logit_stats.json")))
     assert set(stats["students"]) == {"KD", "KD+LS"} and stats["num_examples"] == 256
     best = [e for e in metrics_io.read_metrics(os.path.join(root, "kd", "seed0"), "eval")

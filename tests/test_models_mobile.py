@@ -17,7 +17,7 @@ import torch
 
 import zkd.convert
 import zkd.models
-from model_equivalence import assert_torch_flax_equal, randomize_batchnorm, torch_to_flax
+from model_equivalence import assert_torch_flax_equal, param_count, randomize_batchnorm, torch_to_flax
 from torch_reference.mobilenets import (cifar_mobilenet_v2, imagenet_mobilenet_v1,
                                         torchvision_mobilenet_v2)
 from torch_reference.shufflenets import shuffle, shuffle_v1, shuffle_v2
@@ -46,12 +46,6 @@ def converted_cifar(name: str, shape):
     model, variables = torch_to_flax(torch_model, name, 10, "cifar", shape)
     images = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     return torch_model, model, variables, images
-
-
-def param_count(name: str, num_classes: int, zoo: str, shape) -> int:
-    model = zkd.models.build(name, num_classes=num_classes, zoo=zoo)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-    return zkd.models.count_params(shapes["params"])
 
 
 @pytest.mark.parametrize("name", sorted(CIFAR_COUNTS))

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from tests.train_fixtures import save_random_teacher
 from zkd import metrics_io

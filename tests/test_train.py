@@ -4,8 +4,6 @@ config safety, trace-once, and devices."""
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -31,18 +31,23 @@ def synthetic_split(info, split: str):
 
 
 @contextlib.contextmanager
-def mock_cifar100(num_examples: int = N_MOCK):
-    """cifar100 as ``num_examples`` synthetic images per split, through zkd's own pipelines."""
-    info = dataclasses.replace(data.DATASETS["cifar100"], train_size=num_examples, test_size=num_examples)
+def mock_dataset(name: str, num_examples: int):
+    """Dataset ``name`` as ``num_examples`` synthetic images per split, through zkd's own pipelines."""
+    info = dataclasses.replace(data.DATASETS[name], train_size=num_examples, test_size=num_examples)
 
     def load_arrays(dataset, data_dir=None, split="train"):
-        assert data.get_info(dataset).name == "cifar100", dataset
+        assert data.get_info(dataset).name == name, dataset
         return synthetic_split(info, split)
 
-    with mock.patch.dict(data.DATASETS, {"cifar100": info}), mock.patch.object(
+    with mock.patch.dict(data.DATASETS, {name: info}), mock.patch.object(
         pipeline, "load_arrays", load_arrays
     ), mock.patch.object(data, "load_arrays", load_arrays):
         yield info
+
+
+def mock_cifar100(num_examples: int = N_MOCK):
+    """cifar100 as ``num_examples`` synthetic images per split."""
+    return mock_dataset("cifar100", num_examples)
 
 
 def save_random_teacher(directory, name: str = "resnet8", num_classes: int = 100, seed: int = 1) -> str:

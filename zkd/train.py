@@ -9,10 +9,9 @@ this module is the stateful shell.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
