@@ -144,3 +144,9 @@ def test_a_missing_dataset_says_how_to_prepare_it(tmp_path, teacher_dir):
         c.data_dir = str(tmp_path / "no_tfds_here")
     with pytest.raises(data.DataNotFoundError, match="python -m zkd.data.prepare"):
         train.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+def test_a_teacher_checkpoint_of_another_class_count_is_named(tmp_path):
+    teacher = save_random_teacher(str(tmp_path / "teacher10"), num_classes=10)
+    with mock_cifar100(), pytest.raises(ValueError, match="num_classes=10.*asks for 100"):
+        train.train_and_evaluate(tiny_config("kd", True, teacher, epochs=1), str(tmp_path / "run"))
