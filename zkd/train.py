@@ -8,10 +8,11 @@ this module is the stateful shell.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -159,19 +160,34 @@ class NonFiniteError(FloatingPointError):
     """A train step produced NaN/Inf; the run stops before writing anything from it."""
 
 
-def evaluate(eval_step, variables, config, mesh, info) -> tuple[dict, list[np.ndarray]]:
+def make_eval_source(config, info) -> Callable[[], Iterable[dict]]:
+    """A function returning this process's evaluation batches, in a fixed order.
+
+    Small (in-memory) datasets are decoded and normalized once and kept on the host, so the
+    per-epoch evaluation does not re-read the split; large ones are streamed every time.
+    """
+
+    def read():
+        batches = data.eval_batches(
+            config.dataset, data_dir=config.data_dir or None, split="test",
+            global_batch_size=config.eval_batch_size,
+        )
+        return itertools.islice(batches, config.max_eval_batches) if config.max_eval_batches >= 0 else batches
+
+    if not info.in_memory:
+        return read
+    cached = list(read())
+    return lambda: cached
+
+
+def evaluate(eval_step, variables, eval_source, mesh) -> tuple[dict, list[np.ndarray]]:
     """Exact evaluation over the test split: every example counted once (padded rows masked)."""
     sums: dict[str, float] = {}
     predictions = []
-    batches = data.eval_batches(
-        config.dataset, data_dir=config.data_dir or None, split="test",
-        global_batch_size=config.eval_batch_size,
-    )
-    for i, local in enumerate(batches):
-        if 0 <= config.max_eval_batches <= i:
-            break
-        out = parallel.to_host(eval_step(variables, parallel.global_batch(local, mesh)))
-        mask = parallel.to_host(parallel.global_batch({"m": local["mask"]}, mesh))["m"]
+    for local in eval_source():
+        batch = parallel.global_batch(local, mesh)
+        out = parallel.to_host(eval_step(variables, batch))
+        mask = parallel.to_host(batch["mask"])
         predictions.append(np.where(mask, out.pop("predictions"), -1))
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v)
@@ -258,12 +274,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
     p_train_step = parallel.jit_train_step(train_step, mesh, batch_replicated=config.device_resident_data)
     p_eval_step = parallel.jit_eval_step(step_lib.make_eval_step(student.apply), mesh)
     train_rng = parallel.replicate(train_rng, mesh)
+    eval_source = make_eval_source(config, info)
 
     # --- teacher, measured once
     teacher_preds = None
     if teacher is not None and start_epoch < config.num_epochs:
         t_eval = parallel.jit_eval_step(step_lib.make_eval_step(teacher.apply), mesh)
-        t_metrics, teacher_preds = evaluate(t_eval, state.teacher_variables, config, mesh, info)
+        t_metrics, teacher_preds = evaluate(t_eval, state.teacher_variables, eval_source, mesh)
         if start_epoch == 0:  # a resumed run logged it at its first start
             writer.write(0, "teacher", t_metrics)
         print(f"teacher {config.teacher.name}: top-1 {t_metrics['top1']:.2f}%  top-5 {t_metrics['top5']:.2f}%  "
@@ -301,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
 
         # --- evaluation
         variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
-        eval_metrics, student_preds = evaluate(p_eval_step, variables, config, mesh, info)
+        eval_metrics, student_preds = evaluate(p_eval_step, variables, eval_source, mesh)
         if teacher_preds is not None:
             eval_metrics["agreement"] = _agreement(student_preds, teacher_preds)
         for k, v in epoch_sums.items():
