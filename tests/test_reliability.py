@@ -150,3 +150,30 @@ def test_a_teacher_checkpoint_of_another_class_count_is_named(tmp_path):
     teacher = save_random_teacher(str(tmp_path / "teacher10"), num_classes=10)
     with mock_cifar100(), pytest.raises(ValueError, match="num_classes=10.*asks for 100"):
         train.train_and_evaluate(tiny_config("kd", True, teacher, epochs=1), str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("--config.num_epochz=3", "did you mean 'num_epochs'? (valid fields under config: "),
+    ("--config.loss.temperatur=2", "did you mean 'loss.temperature'? (valid fields under config.loss: "),
+], ids=["top_level", "nested"])
+def test_a_misspelled_config_override_is_one_line_with_the_closest_field(override, suggestion):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "zkd.main", "--config=configs/fashion_mnist.py", override],
+                          capture_output=True, text=True, cwd=repo, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    field = override.split("=")[0][len("--config."):]
+    assert lines[0].startswith(f"error: unknown config field '{field}'; {suggestion}"), lines[0]
+    assert done.stdout == ""  # stopped before any run started
+
+
+def test_unknown_field_message_walks_nested_fields():
+    from zkd import main, recipes
+
+    config = recipes.finalize(recipes.fashion_mnist("kd", "resnet8"))
+    assert main.unknown_field_message(config, "loss.temperature") is None
+    assert "did you mean 'loss'?" in main.unknown_field_message(config, "losss.temperature")
+    assert main.unknown_field_message(config, "loss.zzzzzz").startswith(
+        "error: unknown config field 'loss.zzzzzz' (valid fields under config.loss: ")
+    assert "holds a value of type int, not a group of fields" in main.unknown_field_message(config, "num_epochs.x")

@@ -1,14 +1,21 @@
 """Entry point: ``python -m zkd.main --config=configs/x.py:args --workdir=DIR`` (or ``zkd ...``).
 
 Fields are overridden with ``--config.<field>=<value>`` (e.g. ``--config.num_epochs=10``);
-the config is locked, so a misspelled field fails with the closest valid name. Without
+the config is locked, so a misspelled field (``--config.num_epochz``, ``--config.loss.temperatur``)
+stops the command with one line on stderr naming the closest valid field and the valid fields
+at that level, and exit status 2 (no traceback). Without
 ``--workdir`` the run goes to ``workdirs/<dataset>/<method>[_ls]/<teacher>-<student>/seed<N>``,
 so runs of different settings never share a folder.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 # tf.data only: keep TensorFlow off the accelerators and quiet, before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,10 +49,78 @@ def main(argv):
     )
 
 
+# ----------------------------------------------------------------------------- command-line errors
+
+
+def unknown_field_message(config: Any, path: str) -> Optional[str]:
+    """The one-line error for ``--config.<path>`` when ``path`` is not a field of ``config``.
+
+    Returns None when every component of the dotted ``path`` exists. Otherwise names the first
+    missing component, the closest valid name at that level (if any is close) and all valid
+    names there, e.g. ``error: unknown config field 'loss.temperatur'; did you mean
+    'loss.temperature'? (valid fields under config.loss: ce_weight, ...)``.
+    """
+    node, parent = config, ""
+    for name in path.split("."):
+        if not isinstance(node, Mapping) and not hasattr(node, "keys"):
+            return (f"error: config field '{parent[:-1]}' holds a value of type {type(node).__name__}, not a group "
+                    f"of fields, so --config.{path} names nothing; set --config.{parent[:-1]}=VALUE instead")
+        fields = sorted(str(k) for k in node.keys())
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean '{parent}{close[0]}'?" if close else ""
+            where = f"config.{parent[:-1]}" if parent else "config"
+            return (f"error: unknown config field '{parent}{name}'{hint} "
+                    f"(valid fields under {where}: {', '.join(fields)})")
+        node, parent = node[name], f"{parent}{name}."
+    return None
+
+
+def _config_argument(argv: Sequence[str]) -> Optional[str]:
+    """The value of ``--config=FILE[:ARGS]`` (or ``--config FILE``) in ``argv``, if given."""
+    for i, arg in enumerate(argv):
+        match = re.fullmatch(r"--?config(?:=(.*))?", arg)
+        if match:
+            if match.group(1) is not None:
+                return match.group(1)
+            return argv[i + 1] if i + 1 < len(argv) else None
+    return None
+
+
+def _override_paths(argv: Sequence[str]) -> list[str]:
+    """The dotted field paths of the ``--config.<path>[=VALUE]`` overrides in ``argv``."""
+    return [m.group(1) for m in (re.match(r"--?config\.([^=\s]+)", a) for a in argv) if m]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, except that an unknown config field is one line on stderr and exit 2.
+
+    ml_collections raises a bare AttributeError / KeyError (a long traceback through absl) when
+    an override names a field the locked config lacks; the config file is loaded again here to
+    name the field, the closest valid one and the valid ones at that level.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as err:
+        config_arg = _config_argument(argv[1:])
+        if config_arg is None:
+            raise
+        try:
+            config = flags.FLAGS["config"].parser.parse(config_arg)
+        except Exception:  # the config file itself is broken: its own error says how
+            raise err from None
+        for path in _override_paths(argv[1:]):
+            message = unknown_field_message(config, path)
+            if message:
+                print(message, file=sys.stderr)
+                sys.exit(2)
+        raise
+
+
 def run():
     """Console entry point ``zkd``."""
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
