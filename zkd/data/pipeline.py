@@ -161,6 +161,7 @@ def train_batches(
     two_views: bool = False,
     process_index: int | None = None,
     process_count: int | None = None,
+    augmentation_params: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite iterator over this process's part of the global training batches.
 
@@ -168,16 +169,22 @@ def train_batches(
       ``{"image": float32 [b, H, W, C] normalized, "label": int32 [b]}``, or with
       ``two_views`` (MLKD) ``{"image_weak", "image_strong", "label"}``;
       b = global_batch_size // process_count. Concatenating the batches of processes
-      0..P-1 gives the global batch of the step.
+      0..P-1 gives the global batch of the step. With ``augmentation_params`` (in-memory
+      datasets, one view) each batch also holds ``AUGMENTATION_PARAMS``: "index" int32 [b] (the
+      example's row in ``load_arrays``'s split), "crop_dy", "crop_dx" int32 [b] in [0, 2 * pad]
+      and "flip" bool [b], exactly the crop and flip that made "image" (zkd.logit_cache).
     """
     info = get_info(dataset)
+    _check_augmentation_params(info, two_views, augmentation_params)
     p, n = resolve_processes(process_index, process_count)
     b = local_batch_size(global_batch_size, n)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     if info.in_memory:
         images, labels = load_arrays(info, data_dir, "train")
-        return _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views)
+        return _in_memory_train(
+            info, images, labels, global_batch_size, p, b, seed, start_step, two_views, augmentation_params
+        )
     builder = prepared_builder(info, data_dir)  # fail now, not at the first batch
     return _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, two_views)
 
@@ -193,21 +200,49 @@ def in_memory_train_batches(
     two_views: bool = False,
     process_index: int = 0,
     process_count: int = 1,
+    augmentation_params: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The in-memory training stream over given arrays (``train_batches`` without TFDS).
 
     Args:
       images: uint8 [N, H, W, C]; labels: int [N] (N need not be the constant size).
+      augmentation_params: add "index" (row in ``images``), "crop_dy", "crop_dx", "flip" to
+        every batch (see ``train_batches``).
     """
+    _check_augmentation_params(info, two_views, augmentation_params)
     b = local_batch_size(global_batch_size, process_count)
-    return _in_memory_train(info, images, labels, global_batch_size, process_index, b, seed, start_step, two_views)
+    return _in_memory_train(
+        info, images, labels, global_batch_size, process_index, b, seed, start_step, two_views, augmentation_params
+    )
 
 
-def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views):
+# Keys ``augmentation_params=True`` adds to an in-memory training batch.
+AUGMENTATION_PARAMS = ("index", "crop_dy", "crop_dx", "flip")
+
+
+def _check_augmentation_params(info: DatasetInfo, two_views: bool, augmentation_params: bool) -> None:
+    if not augmentation_params:
+        return
+    if not info.in_memory:
+        raise ValueError(
+            f"augmentation_params=True needs an in-memory dataset (CIFAR, Fashion-MNIST): {info.name} is streamed "
+            "with RandomResizedCrop, whose crops are not a small finite set, so its teacher logits cannot be cached"
+        )
+    if two_views:
+        raise ValueError(
+            "augmentation_params=True is for one view only: with two_views (MLKD) the strong view goes through "
+            "RandAugment + Cutout, which a teacher-logit cache cannot enumerate; use the on-the-fly teacher"
+        )
+
+
+def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views,
+                     augmentation_params=False):
     """Python generator over epochs; each epoch is a tf.data pipeline over that epoch's batches.
 
     The epoch's permutation is computed here, in the caller's thread (never inside a tf.data
-    thread), and this process's rows are gathered in one numpy take.
+    thread), and this process's rows are gathered in one numpy take. With
+    ``augmentation_params`` the rows' indices go through tf.data too, and each batch carries
+    them with the crop offsets and flips ``augment`` drew.
     """
     num = images.shape[0]
     steps_per_epoch = num // global_batch_size
@@ -216,11 +251,15 @@ def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_
     labels = np.asarray(labels, np.int32)
     local = slice(p * b, p * b + b)
 
-    def augment(step, x, y):
+    def augment(step, x, y, index=None):
         u = _batch_uniforms(seed, step, _WEAK, global_batch_size, local, 3)
-        weak = transforms.pad_crop_flip(x, *transforms.crop_flip_from_uniform(u, info.pad), info.pad)
+        dy, dx, flip = transforms.crop_flip_from_uniform(u, info.pad)
+        weak = transforms.pad_crop_flip(x, dy, dx, flip, info.pad)
         if not two_views:
-            return {"image": transforms.normalize(weak, info), "label": y}
+            out = {"image": transforms.normalize(weak, info), "label": y}
+            if index is not None:
+                out.update(index=index, crop_dy=dy, crop_dx=dx, flip=flip)
+            return out
         u = _batch_uniforms(seed, step, _STRONG_CROP, global_batch_size, local, 3)
         strong = transforms.pad_crop_flip(x, *transforms.crop_flip_from_uniform(u, info.pad), info.pad)
         u = _batch_uniforms(seed, step, _STRONG_RA, global_batch_size, local, randaugment.NUM_UNIFORMS)
@@ -236,7 +275,8 @@ def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_
         perm = _host_permutation(seed, epoch, num)[: steps_per_epoch * global_batch_size]
         idx = perm.reshape(steps_per_epoch, global_batch_size)[first:, local]  # [steps, b]
         steps = np.arange(epoch * steps_per_epoch + first, (epoch + 1) * steps_per_epoch, dtype=np.int64)
-        ds = tf.data.Dataset.from_tensor_slices((steps, images[idx], labels[idx]))
+        columns = (steps, images[idx], labels[idx]) + ((idx.astype(np.int32),) if augmentation_params else ())
+        ds = tf.data.Dataset.from_tensor_slices(columns)
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
         epoch, first = epoch + 1, 0
