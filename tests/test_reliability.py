@@ -177,3 +177,37 @@ def test_unknown_field_message_walks_nested_fields():
     assert main.unknown_field_message(config, "loss.zzzzzz").startswith(
         "error: unknown config field 'loss.zzzzzz' (valid fields under config.loss: ")
     assert "holds a value of type int, not a group of fields" in main.unknown_field_message(config, "num_epochs.x")
+
+
+def test_a_full_disk_while_checkpointing_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, teacher_dir,
+                                                                                    monkeypatch, capsys):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    real_save = ocp.JsonCheckpointHandler._save_fn
+
+    async def disk_full_at_step_4(self, item, directory):
+        # orbax writes step 4 into <workdir>/checkpoints/4.orbax-checkpoint-tmp/ in a background thread
+        if directory.parent.name.split(".")[0] == "4":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "metadata"))
+        return await real_save(self, item, directory)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", disk_full_at_step_4)
+    workdir = str(tmp_path / "run")
+    config = tiny_config("kd", True, teacher_dir, epochs=2, steps=2)  # checkpoints at steps 2 and 4
+    with mock_cifar100(), pytest.raises(checkpoint.CheckpointWriteError) as err:
+        train.train_and_evaluate(config, workdir)
+    message = str(err.value)
+    assert f"cannot write a checkpoint in {workdir}/checkpoints: no space left on the disk" in message
+    assert "the latest complete checkpoint, step 2, is intact" in message
+    assert "Free space on that disk, or move" in message and "--workdir" in message
+    assert err.value.errno == errno.ENOSPC
+    monkeypatch.undo()  # space freed
+    assert checkpoint.TrainingCheckpoints(workdir).latest_step() == 2
+    capsys.readouterr()
+    with mock_cifar100():
+        summary = train.train_and_evaluate(config, workdir)  # the same command again
+    printed = capsys.readouterr().out
+    assert "epoch 1/2" not in printed and "epoch 2/2" in printed, printed  # resumed from step 2
+    assert summary["epochs"] == 2 and checkpoint.TrainingCheckpoints(workdir).latest_step() == 4

@@ -12,6 +12,8 @@ directory as its teacher and restores it with ``restore_variables``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -85,9 +87,53 @@ def _restore_to_host(path: str) -> Any:
 #   best/<step>/         the one with the best test accuracy so far
 # each with items "state" (step, params, batch_stats, opt_state) and "meta" (JSON: epoch,
 # best accuracy, ...). Orbax writes into a temporary directory and renames it when complete,
-# so an interrupted save is never read back.
+# so an interrupted save is never read back. Saves are asynchronous: a write that fails (a
+# full disk) surfaces at the next save or wait, as CheckpointWriteError naming the directory,
+# the cause and the complete checkpoint that a restart resumes from.
 
 _LATEST, _BEST = "checkpoints", "best"
+
+
+class CheckpointWriteError(OSError):
+    """A training checkpoint could not be written (full disk, I/O error, ...).
+
+    ``errno`` is the underlying error's; the earlier complete checkpoints are left as they were.
+    """
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err`` (itself, or in its cause / context chain), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def write_error_message(directory: str, err: OSError, resume_step: int | None) -> str:
+    """What failed while writing a checkpoint into ``directory`` (a run's ``checkpoints/`` or
+    ``best/``), and how to go on; ``resume_step`` is the run's latest complete checkpoint."""
+    what, fix = {
+        errno.ENOSPC: ("no space left on the disk", "Free space on that disk"),
+        errno.EDQUOT: ("the disk quota is used up", "Free space within the quota"),
+    }.get(err.errno, ("the write failed", "Check that the disk is writable and healthy"))
+    kept = (f"the latest complete checkpoint, step {resume_step}, is intact" if resume_step is not None
+            else "there is no complete checkpoint yet, so a restart begins at step 0")
+    workdir = os.path.dirname(directory)
+    return (
+        f"cannot write a checkpoint in {directory}: {what} ({err}). The run stops here; {kept}. "
+        f"{fix}, or move {workdir} to a disk with room and pass that path as --workdir, then run the "
+        "same command again to resume."
+    )
+
+
+def _complete_steps(directory: str) -> list[int]:
+    try:
+        return ocp.utils.checkpoint_steps(directory)
+    except OSError:
+        return []
 
 
 def _manager(directory: str, max_to_keep: int, keep_period: int | None = None) -> ocp.CheckpointManager:
@@ -98,12 +144,39 @@ def _manager(directory: str, max_to_keep: int, keep_period: int | None = None) -
 
 
 class TrainingCheckpoints:
-    """Latest / periodic / best checkpoints of a training run in ``workdir``."""
+    """Latest / periodic / best checkpoints of a training run in ``workdir``.
+
+    After a CheckpointWriteError the object is closed: the run stops, and a restart makes a new one.
+    """
 
     def __init__(self, workdir: str, keep_every_steps: int | None = None):
         workdir = os.path.abspath(workdir)
         self._latest = _manager(os.path.join(workdir, _LATEST), max_to_keep=1, keep_period=keep_every_steps)
         self._best = _manager(os.path.join(workdir, _BEST), max_to_keep=1)
+
+    @contextlib.contextmanager
+    def _named_write_errors(self, manager: ocp.CheckpointManager):
+        """Turn an OSError of an orbax save or wait of ``manager`` into CheckpointWriteError."""
+        try:
+            yield
+        except CheckpointWriteError:
+            raise
+        except Exception as err:
+            cause = _os_error(err)
+            if cause is None:
+                raise
+            steps = _complete_steps(os.fspath(self._latest.directory))  # where a restart resumes from
+            message = write_error_message(os.fspath(manager.directory), cause, max(steps) if steps else None)
+            error = CheckpointWriteError(message)
+            error.errno = cause.errno
+            self._close_after_failure()
+            raise error from err
+
+    def _close_after_failure(self) -> None:
+        """Stop orbax's background threads after a failed write; the run ends with the error."""
+        for manager in (self._latest, self._best):
+            with contextlib.suppress(Exception):
+                manager.close()
 
     def latest_step(self) -> int | None:
         return self._latest.latest_step()
@@ -124,18 +197,28 @@ class TrainingCheckpoints:
         return restored["state"], dict(restored["meta"])
 
     def save(self, step: int, state: Any, meta: dict, is_best: bool) -> None:
-        """Save the latest checkpoint (and the best one when ``is_best``); asynchronous."""
+        """Save the latest checkpoint (and the best one when ``is_best``); asynchronous.
+
+        Raises:
+          CheckpointWriteError: this save, or an earlier one still in flight, could not be
+            written (the message names the directory, the cause and the step kept).
+        """
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._latest.save(step, args=args, force=True)
+        with self._named_write_errors(self._latest):
+            self._latest.save(step, args=args, force=True)
         if is_best:
             # One save in flight at a time: two concurrent orbax saves of the same arrays race.
-            self._latest.wait_until_finished()
+            with self._named_write_errors(self._latest):
+                self._latest.wait_until_finished()
             args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-            self._best.save(step, args=args, force=True)
+            with self._named_write_errors(self._best):
+                self._best.save(step, args=args, force=True)
 
     def wait(self) -> None:
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        """Block until every save is on disk; raises CheckpointWriteError as ``save`` does."""
+        for manager in (self._latest, self._best):
+            with self._named_write_errors(manager):
+                manager.wait_until_finished()
 
     def close(self) -> None:
         self._latest.close()
