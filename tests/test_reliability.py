@@ -1,6 +1,8 @@
-"""Preemption, determinism and non-finite values (issue: reliability)."""
+"""Preemption, determinism, non-finite values and bad input (issue: reliability)."""
 
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 
@@ -211,3 +213,98 @@ def test_a_full_disk_while_checkpointing_stops_the_run_and_keeps_the_last_checkp
     printed = capsys.readouterr().out
     assert "epoch 1/2" not in printed and "epoch 2/2" in printed, printed  # resumed from step 2
     assert summary["epochs"] == 2 and checkpoint.TrainingCheckpoints(workdir).latest_step() == 4
+
+
+# ----------------------------------------------------------------------------- damaged or foreign TFDS directories
+
+TINY_CIFAR100 = dataclasses.replace(data.DATASETS["cifar100"], train_size=30, test_size=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar100_tfds(tmp_path_factory):
+    """A real TFDS data_dir holding cifar100/3.0.2 (30 train / 10 test images), written by zkd's own prepare."""
+    from tests.test_data_prepare import synthetic_cifar100, write_python_archive
+    from zkd.data import prepare
+
+    root = tmp_path_factory.mktemp("tiny_tfds")
+    splits, names = synthetic_cifar100(n_train=TINY_CIFAR100.train_size, n_test=TINY_CIFAR100.test_size)
+    write_python_archive(root / "cifar-100-python.tar.gz", splits, names)
+    prepare.prepare("cifar100", root / "cifar-100-python.tar.gz", root / "tfds", check=False)
+    return root / "tfds"
+
+
+def _damage(path, how):
+    """Cut the file in half or flip one byte in its middle; returns the damaged bytes."""
+    blob = bytearray(path.read_bytes())
+    if how == "cut_in_half":
+        del blob[len(blob) // 2:]
+    else:
+        blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    return bytes(blob)
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("cut_in_half", "15 records, dataset_info.json lists 30 (the file is cut short)"),
+    ("flipped_byte", "corrupted record at "),
+], ids=["cut_in_half", "flipped_byte"])
+def test_a_damaged_record_file_is_named_with_the_fix(tmp_path, tiny_cifar100_tfds, how, problem):
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(tiny_cifar100_tfds, data_dir)
+    prepared = data_dir / "cifar100" / "3.0.2"
+    train_file = prepared / "cifar100-train.tfrecord-00000-of-00001"
+    damaged = _damage(train_file, how)
+    with pytest.raises(data.DataCorruptError) as err:
+        data.load_arrays(TINY_CIFAR100, str(data_dir), "train")
+    message = str(err.value)
+    assert message.startswith(f"the cifar100 train split in {prepared} cannot be read: "), message
+    assert f"Damaged: cifar100-train.tfrecord-00000-of-00001: {problem}" in message
+    assert f"Fix: delete {prepared} and prepare cifar100 again" in message
+    assert (f"python -m zkd.data.prepare --dataset cifar100 --source /path/to/cifar-100-python.tar.gz "
+            f"--data_dir {data_dir}") in message
+    assert isinstance(err.value, train.DataError)
+    assert train_file.read_bytes() == damaged  # nothing rewritten or deleted
+    # The streaming reader (ImageNet's path; its decode_jpeg reads these PNGs too) names it as well.
+    _damage(prepared / "cifar100-test.tfrecord-00000-of-00001", how)
+    streamed = dataclasses.replace(TINY_CIFAR100, in_memory=False)
+    with pytest.raises(data.DataCorruptError, match=r"the cifar100 test split in .* cannot be read: .*"
+                                                    r"The damaged file is one of cifar100-test\.\* there"):
+        list(data.eval_batches(streamed, data_dir=str(data_dir), global_batch_size=4))
+
+
+@pytest.mark.parametrize("asked, differences", [
+    ("fashion_mnist", "name 'cifar100' (expected 'fashion_mnist'); version '3.0.2' (expected '3.0.1'); "
+                      "image shape (32, 32, 3) (expected (28, 28, 1)); label classes 100 (expected 10)"),
+    ("cifar10", "name 'cifar100' (expected 'cifar10'); label classes 100 (expected 10)"),
+], ids=["fashion_mnist_dir_holds_cifar100", "cifar10_dir_holds_cifar100"])
+def test_a_directory_prepared_for_another_dataset_is_named(tmp_path, tiny_cifar100_tfds, asked, differences):
+    from zkd.data import integrity
+
+    data_dir = tmp_path / "tfds"
+    target = integrity.version_dir(data.DATASETS[asked], str(data_dir))  # e.g. <data_dir>/fashion_mnist/3.0.1
+    shutil.copytree(tiny_cifar100_tfds / "cifar100" / "3.0.2", target)  # cifar100, copied to the wrong folder
+    before = {f.name: f.read_bytes() for f in target.iterdir()}
+    with pytest.raises(data.DatasetMismatchError) as err:
+        data.load_arrays(asked, str(data_dir), "test")
+    message = str(err.value)
+    assert message.startswith(f"{target} does not hold the {asked!r} dataset that was asked for: its stored "
+                              f"{differences}. "), message
+    assert (f"Fix: move {target} to <data_dir>/cifar100/3.0.2 if that is what it holds, or delete it; "
+            f"then prepare {asked}.") in message
+    assert f"python -m zkd.data.prepare --dataset {asked} " in message
+    assert {f.name: f.read_bytes() for f in target.iterdir()} == before  # nothing changed
+
+
+
+def test_stored_metadata_comparison_for_streamed_datasets_and_damaged_metadata(tmp_path):
+    from zkd.data import integrity
+
+    expected = integrity.expected_metadata(data.DATASETS["imagenet2012"], "5.1.0")
+    stored = {"name": "imagenet2012", "version": "5.1.0", "image_shape": (None, None, 3), "image_channels": 3,
+              "num_classes": 1000}
+    assert integrity.metadata_mismatches(expected, stored) == []  # any stored image size is fine for ImageNet
+    gray = dict(stored, image_shape=(None, None, 1), image_channels=1)
+    assert integrity.metadata_mismatches(expected, gray) == ["image channels 1 (expected 3)"]
+    (tmp_path / "dataset_info.json").write_text('{"name": "cifar1')  # cut short
+    with pytest.raises(data.DataCorruptError, match=f"the TFDS metadata in {tmp_path} is not valid JSON"):
+        integrity.read_stored_metadata(tmp_path)

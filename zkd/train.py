@@ -139,8 +139,9 @@ def _first_nonfinite(history: list[dict], first_step: int) -> Optional[str]:
     return None
 
 
-class DataError(ValueError):
-    """A training batch that cannot be right (labels outside the class range)."""
+# Labels outside the class range (check_labels); zkd.data raises its subclasses for damaged
+# records (DataCorruptError) and a directory of another dataset (DatasetMismatchError).
+DataError = data.DataError
 
 
 def check_labels(batch: dict, num_classes: int, step: int) -> dict:

@@ -49,6 +49,12 @@ Offline preparation (no network)
     python -m zkd.data.prepare --dataset cifar100 --source cifar-100-python.tar.gz --data_dir DIR
     python -m zkd.data.prepare --dataset imagenet2012 --source DIR_WITH_ILSVRC2012_TARS --data_dir DIR
 A missing dataset raises DataNotFoundError saying what to download and which command prepares it.
+
+Bad data (zkd.data.integrity), all DataError (a ValueError), each naming the fix:
+    DatasetMismatchError   <data_dir>/<name>/<version> holds another dataset or version (stored
+                           name / version / image shape / class count differ from DATASETS)
+    DataCorruptError       damaged record files (failed checksum, a file cut short, undecodable
+                           images), naming the dataset, split and, for in-memory datasets, the files
 """
 
 import tensorflow as _tf
@@ -64,13 +70,17 @@ from zkd.data.device import (  # noqa: E402
     epoch_permutation,
 )
 from zkd.data.info import DATASETS, DatasetInfo, UnknownDatasetError, get_info, steps_per_epoch  # noqa: E402
+from zkd.data.integrity import DataCorruptError, DataError, DatasetMismatchError  # noqa: E402
 from zkd.data.pipeline import eval_batches, eval_steps, load_arrays, train_batches  # noqa: E402
 from zkd.data.sources import DataNotFoundError  # noqa: E402
 
 __all__ = [
     "DATASETS",
+    "DataCorruptError",
+    "DataError",
     "DataNotFoundError",
     "DatasetInfo",
+    "DatasetMismatchError",
     "UnknownDatasetError",
     "batch_indices",
     "device_augment",

@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from zkd.data import randaugment, transforms
 from zkd.data.device import epoch_permutation
 from zkd.data.info import DatasetInfo, get_info
+from zkd.data.integrity import check_prepared_directory, read_errors_named, read_named
 from zkd.data.sources import DataNotFoundError, how_to_prepare
 
 SHUFFLE_BUFFER = 16_384
@@ -71,7 +72,13 @@ def process_range(num_examples: int, process_index: int, process_count: int) -> 
 
 
 def prepared_builder(info: DatasetInfo, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    """The TFDS builder of a prepared dataset; fails early with preparation instructions."""
+    """The TFDS builder of a prepared dataset; fails early with preparation instructions.
+
+    Raises:
+      DataNotFoundError: the dataset is not prepared in ``data_dir``.
+      DatasetMismatchError: the directory holds another dataset or version (zkd.data.integrity).
+    """
+    check_prepared_directory(info, data_dir)  # before TFDS, which would fail on another version
     builder = tfds.builder(info.tfds_name, data_dir=data_dir)
     if not builder.is_prepared():
         raise DataNotFoundError(how_to_prepare(info.name, data_dir or str(builder.data_dir_root)))
@@ -91,6 +98,8 @@ def load_arrays(dataset: str | DatasetInfo, data_dir: str | None, split: str = "
 
     Raises:
       DataNotFoundError: the dataset is not prepared in ``data_dir`` (says how to prepare it).
+      DatasetMismatchError: ``data_dir`` holds another dataset under this one's name.
+      DataCorruptError: the split's record files are damaged (names the files and the fix).
       ValueError: the stored split does not have the expected size or image shape.
     """
     info = get_info(dataset)
@@ -106,7 +115,8 @@ def load_arrays(dataset: str | DatasetInfo, data_dir: str | None, split: str = "
 
     ds = builder.as_dataset(split=info.tfds_split(split), decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.batch(4096).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    parts = list(ds.as_numpy_iterator())
+    with read_errors_named(info, split, builder, locate=True):
+        parts = list(ds.as_numpy_iterator())
     images = np.concatenate([x for x, _ in parts]) if parts else np.zeros((0, *info.image_shape), np.uint8)
     labels = np.concatenate([y for _, y in parts]) if parts else np.zeros((0,), np.int32)
     expected = (info.split_size(split), *info.image_shape)
@@ -339,7 +349,7 @@ def _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, t
             deterministic=True,
         )
         ds = ds.batch(b, drop_remainder=True).map(normalize_batch).prefetch(tf.data.AUTOTUNE)
-        yield from ds.as_numpy_iterator()
+        yield from read_named(ds.as_numpy_iterator(), info, "train", builder)
         epoch, skip = epoch + 1, 0
 
 
@@ -378,10 +388,12 @@ def eval_batches(
     steps = eval_steps(num, global_batch_size, n)
     if info.in_memory:
         images, labels = load_arrays(info, data_dir, split)
-        ds = _in_memory_eval(info, images[start:end], labels[start:end], b)
+        batches = _in_memory_eval(info, images[start:end], labels[start:end], b).as_numpy_iterator()
     else:
-        ds = _streaming_eval(info, data_dir, f"{info.tfds_split(split)}[{start}:{end}]", end - start, b)
-    return pad_eval_batches(ds.as_numpy_iterator(), b, steps, info.image_shape)
+        builder = prepared_builder(info, data_dir)
+        ds = _streaming_eval(info, builder, f"{info.tfds_split(split)}[{start}:{end}]", end - start, b)
+        batches = read_named(ds.as_numpy_iterator(), info, split, builder)
+    return pad_eval_batches(batches, b, steps, info.image_shape)
 
 
 def _in_memory_eval(info, images, labels, b):
@@ -389,8 +401,7 @@ def _in_memory_eval(info, images, labels, b):
     return ds.map(lambda e: {"image": transforms.normalize(e["image"], info), "label": e["label"]}).prefetch(2)
 
 
-def _streaming_eval(info, data_dir, split, count, b):
-    builder = prepared_builder(info, data_dir)
+def _streaming_eval(info, builder, split, count, b):
     ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     size = info.image_shape[0]
 

@@ -45,14 +45,19 @@ _WHERE = {
 }
 
 
-def how_to_prepare(name: str, data_dir: str | None) -> str:
-    """The message of a missing dataset: what to get and the command that prepares it."""
+def prepare_instructions(name: str, data_dir: str | None) -> str:
+    """What to get and the command that prepares dataset ``name`` in ``data_dir``."""
     example_source, what = _WHERE[name]
     command = _PREPARE.format(name=name, source=example_source, data_dir=data_dir or "DATA_DIR")
     return (
-        f"TFDS dataset {name!r} is not prepared in data_dir={data_dir}. Get {what}; then run:\n  {command}\n"
+        f"Get {what}; then run:\n  {command}\n"
         f"(with network access, `tfds build {name} --data_dir {data_dir or 'DATA_DIR'}` works too)."
     )
+
+
+def how_to_prepare(name: str, data_dir: str | None) -> str:
+    """The message of a missing dataset: what to get and the command that prepares it."""
+    return f"TFDS dataset {name!r} is not prepared in data_dir={data_dir}. {prepare_instructions(name, data_dir)}"
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
