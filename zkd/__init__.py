@@ -7,13 +7,14 @@ TensorFlow or PyTorch:
 - ``zkd.models``   the Flax model zoo behind ``build(name, num_classes, zoo=...)``
 - ``zkd.convert``  PyTorch checkpoints -> Flax variables (needs torch)
 - ``zkd.data``     TFDS input pipelines
+- ``zkd.logit_cache``  precomputed teacher logits for every crop/flip variant of a training set
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("losses", "models", "convert", "data")
+_SUBMODULES = ("losses", "models", "convert", "data", "logit_cache")
 
 
 def __getattr__(name):
