@@ -5,7 +5,8 @@ the config is locked, so a misspelled field (``--config.num_epochz``, ``--config
 stops the command with one line on stderr naming the closest valid field and the valid fields
 at that level, and exit status 2 (no traceback). Without
 ``--workdir`` the run goes to ``workdirs/<dataset>/<method>[_ls]/<teacher>-<student>/seed<N>``,
-so runs of different settings never share a folder.
+so runs of different settings never share a folder. A config whose ``sweep`` sets any axis
+(``--config.sweep.temperature="(2, 3)"``) trains the whole grid in one run (zkd.sweep).
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def main(argv):
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("workdirs", recipes.run_name(config))
     print(f"zkd: run {recipes.run_name(config)} in {workdir}", flush=True)
+    if recipes.swept_axes(config):  # a hyper-parameter grid: every point in one run (zkd.sweep)
+        from zkd import sweep
+
+        result = sweep.train_sweep(config, workdir, allow_config_change=_ALLOW.value)
+        print(f"zkd: {result['students']} students ranked by best top-1 ({workdir}/sweep.md):\n{result['table']}",
+              flush=True)
+        return
     summary = train.train_and_evaluate(config, workdir, allow_config_change=_ALLOW.value)
     print(
         f"zkd: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "

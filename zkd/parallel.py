@@ -117,13 +117,15 @@ def jit_train_step(train_step: Callable, mesh: Mesh, batch_replicated: bool = Fa
     return jax.jit(train_step, in_shardings=(rep, batch, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-def jit_eval_step(eval_step: Callable, mesh: Mesh) -> Callable:
+def jit_eval_step(eval_step: Callable, mesh: Mesh, stacked: bool = False) -> Callable:
     """jit ``eval_step(variables, batch)``: variables replicated, batch sharded; sums replicated,
-    per-example outputs sharded like the batch."""
+    per-example outputs sharded like the batch (``stacked``: a leading students axis first, as
+    for ``jax.vmap(eval_step, in_axes=(0, None))``)."""
     rep, data = replicated(mesh), batch_sharded(mesh)
+    per_example = NamedSharding(mesh, P(None, DATA_AXIS)) if stacked else data
 
     def out_sharding(name):
-        return data if name == "predictions" else rep
+        return per_example if name == "predictions" else rep
 
     names = ("count", "correct_top1", "correct_top5", "loss", "logit_std", "predictions")
     return jax.jit(eval_step, in_shardings=(rep, data), out_shardings={n: out_sharding(n) for n in names})

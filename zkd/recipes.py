@@ -132,7 +132,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 500          # global
     c.steps_per_epoch = -1           # -1: train_size // batch_size; >0 caps it (tiny runs)
     c.max_eval_batches = -1          # -1: the whole test split (exact); >0 for smoke runs only
-    c.seed = 0
+    c.seed = 0                       # the student's initialisation and (unless data_seed >= 0) the data order
+    c.data_seed = -1                 # the data order and augmentation; -1: seed
+    # A hyper-parameter grid trained in one run (zkd.sweep): every non-empty axis is swept, the
+    # students share one data stream and one teacher forward per batch. E.g.
+    # --config.sweep.temperature="(2, 3)" --config.sweep.kd_weight="(3, 6, 9)" gives 6 students.
+    c.sweep = ml_collections.ConfigDict({
+        "temperature": (), "kd_weight": (), "ce_weight": (), "dkd_alpha": (), "dkd_beta": (),
+        "logit_stand": (), "seed": (),
+    })
     c.dtype = "float32"              # computation dtype: float32 | bfloat16
     c.log_every_steps = 100
     c.checkpoint_every_epochs = 10   # keep a checkpoint every N epochs (latest and best always)
@@ -140,6 +148,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress_bar = True            # when attached to a terminal
     c.paper_top1 = ml_collections.ConfigDict({"baseline": -1.0, "logit_stand": -1.0})
     return c
+
+
+SWEEP_AXES = ("temperature", "kd_weight", "ce_weight", "dkd_alpha", "dkd_beta", "logit_stand", "seed")
+
+
+def swept_axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """The non-empty axes of ``config.sweep`` (in ``SWEEP_AXES`` order), {} for a single run."""
+    sweep = config.get("sweep")
+    if sweep is None:
+        return {}
+    return {axis: tuple(sweep[axis]) for axis in SWEEP_AXES if len(sweep[axis])}
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -242,6 +261,9 @@ def run_name(c: ml_collections.ConfigDict) -> str:
     """A workdir name that encodes dataset, method, teacher, student, LS and seed."""
     method = c.method + ("_ls" if c.logit_stand else "")
     models = c.student.name if c.method == "ce" else f"{c.teacher.name}-{c.student.name}"
+    axes = swept_axes(c)
+    if axes:
+        return f"{c.dataset}/sweep_{c.method}/{models}/{'-'.join(axes)}"
     return f"{c.dataset}/{method}/{models}/seed{c.seed}"
 
 

@@ -17,6 +17,12 @@ Epochs are counted from 1 inside the step (``state.step // steps_per_epoch + 1``
 reference trainers count them for DKD's warm-up and CTKD's lambda. The teacher runs in eval
 mode behind ``stop_gradient``; the student in train mode (BatchNorm statistics of the batch,
 running statistics updated; MLKD's two views are two forward passes, as released).
+
+The numeric hyper-parameters of the loss travel as a ``LossHParams`` pytree, so one compiled
+step can serve many students at once: ``make_sweep_step`` runs the teacher once per batch and
+``jax.vmap``s the student update over a stack of students, each with its own hyper-parameters
+(see zkd.sweep). A batch may carry precomputed ``"teacher_logits"`` (zkd.logit_cache); the
+step then skips the teacher's forward pass.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -34,14 +41,38 @@ from zkd.state import TrainState
 METHODS = ("ce", "kd", "dkd", "mlkd", "ctkd")
 
 
+@flax.struct.dataclass
+class LossHParams:
+    """The loss's numeric hyper-parameters as a pytree: Python floats (a single run; folded
+    into the compiled step as constants) or float32 arrays, [N] for N stacked students.
+
+    ``logit_stand`` is a bool (array) too; the step reads it from here only when
+    ``StepSettings.logit_stand`` is None (students that differ in LS).
+    """
+
+    ce_weight: Any = 1.0
+    kd_weight: Any = 1.0
+    temperature: Any = 4.0
+    dkd_alpha: Any = 1.0
+    dkd_beta: Any = 8.0
+    logit_stand: Any = False
+
+
+HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(LossHParams))
+
+
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
-    """Static settings of the train step (hashable, so the step traces once)."""
+    """Static settings of the train step (hashable, so the step traces once).
+
+    ``logit_stand`` None means "per student" (a sweep mixing LS on and off): the step then
+    computes the KD terms both ways and selects with the student's ``LossHParams.logit_stand``.
+    """
 
     method: str
     steps_per_epoch: int
     learning_rate_fn: Callable[[jax.Array], jax.Array]
-    logit_stand: bool = False
+    logit_stand: bool | None = False
     ce_weight: float = 1.0
     kd_weight: float = 1.0
     temperature: float = 4.0
@@ -64,49 +95,134 @@ class StepSettings:
     def two_views(self) -> bool:
         return self.method == "mlkd"
 
+    def hparams(self) -> LossHParams:
+        """This run's hyper-parameters as static Python values."""
+        return LossHParams(self.ce_weight, self.kd_weight, self.temperature, self.dkd_alpha, self.dkd_beta,
+                           bool(self.logit_stand))
+
 
 def _per_sample_std(logits: jax.Array) -> jax.Array:
     """Mean over the batch of each sample's logit std over classes (ddof=1, as the paper's Fig. 5)."""
     return jnp.mean(jnp.std(logits.astype(jnp.float32), axis=-1, ddof=1))
 
 
-def _teacher_logits(state: TrainState, images: jax.Array) -> jax.Array:
-    logits = state.teacher_apply_fn(state.teacher_variables, images, train=False)
-    return jax.lax.stop_gradient(logits.astype(jnp.float32))
+def _with_ls(settings: StepSettings, hp: LossHParams, loss: Callable[[bool], Any]):
+    """``loss(logit_stand)`` with the static LS flag, or both ways selected per student."""
+    if settings.logit_stand is not None:
+        return loss(bool(settings.logit_stand))
+    with_ls, without = loss(True), loss(False)
+    return jax.tree.map(lambda a, b: jnp.where(hp.logit_stand, a, b), with_ls, without)
 
 
-def loss_terms(settings: StepSettings, params, student_logits, teacher_logits, labels, epoch) -> dict:
+def loss_terms(settings: StepSettings, params, student_logits, teacher_logits, labels, epoch,
+               hparams: LossHParams | None = None) -> dict:
     """The named loss terms (float32 scalars) whose sum is the training loss.
 
     ``student_logits`` / ``teacher_logits`` are [B, K] arrays, or (weak, strong) pairs for MLKD.
+    ``hparams``: the numeric hyper-parameters (default: ``settings.hparams()``).
     """
     s = settings
+    hp = s.hparams() if hparams is None else hparams
     if s.method == "mlkd":
         (zw, zs), (vw, vs) = student_logits, teacher_logits
-        terms = {"ce": s.ce_weight * (losses.cross_entropy(zw, labels) + losses.cross_entropy(zs, labels))}
-        mlkd = losses.mlkd_loss(zw, zs, vw, vs, s.temperature, s.kd_weight, s.logit_stand, mode=s.mlkd_mode)
+        terms = {"ce": hp.ce_weight * (losses.cross_entropy(zw, labels) + losses.cross_entropy(zs, labels))}
+        mlkd = _with_ls(s, hp, lambda ls: losses.mlkd_loss(zw, zs, vw, vs, hp.temperature, hp.kd_weight, ls,
+                                                           mode=s.mlkd_mode))
         terms.update({f"mlkd_{name}": value for name, value in mlkd.items()})
         return terms
-    terms = {"ce": s.ce_weight * losses.cross_entropy(student_logits, labels)}
+    terms = {"ce": hp.ce_weight * losses.cross_entropy(student_logits, labels)}
     if s.method == "kd":
-        terms["kd"] = s.kd_weight * losses.kd_loss(student_logits, teacher_logits, s.temperature, s.logit_stand)
+        kd = _with_ls(s, hp, lambda ls: losses.kd_loss(student_logits, teacher_logits, hp.temperature, ls))
+        terms["kd"] = hp.kd_weight * kd
     elif s.method == "dkd":
         warmup = losses.dkd_warmup(epoch, s.dkd_warmup_epochs)
-        terms["dkd"] = warmup * losses.dkd_loss(
-            student_logits, teacher_logits, labels, s.dkd_alpha, s.dkd_beta, s.temperature, s.logit_stand
-        )
+        terms["dkd"] = warmup * _with_ls(s, hp, lambda ls: losses.dkd_loss(
+            student_logits, teacher_logits, labels, hp.dkd_alpha, hp.dkd_beta, hp.temperature, ls))
     elif s.method == "ctkd":
         temperature = losses.ctkd_temperature(params["ctkd"]["p"], losses.ctkd_lambda(epoch))
-        terms["kd"] = s.kd_weight * losses.kd_loss(student_logits, teacher_logits, temperature, s.logit_stand)
+        kd = _with_ls(s, hp, lambda ls: losses.kd_loss(student_logits, teacher_logits, temperature, ls))
+        terms["kd"] = hp.kd_weight * kd
     return terms
+
+
+def _views(settings: StepSettings, batch: dict) -> tuple:
+    return (batch["image_weak"], batch["image_strong"]) if settings.two_views else (batch["image"],)
+
+
+def teacher_logits_of_batch(settings: StepSettings, teacher_apply_fn, teacher_variables, batch: dict):
+    """The teacher's float32 logits for each view of ``batch`` (a tuple), or None without a teacher.
+
+    Precomputed ``batch["teacher_logits"]`` (a [B, K] array, e.g. float16 from
+    zkd.logit_cache; single-view methods only) is used as given, cast to float32.
+    """
+    if not settings.needs_teacher:
+        return None
+    if "teacher_logits" in batch:
+        if settings.two_views:
+            raise ValueError("precomputed teacher_logits serve one view; MLKD's two views need the teacher")
+        return (jax.lax.stop_gradient(batch["teacher_logits"].astype(jnp.float32)),)
+    if teacher_apply_fn is None:
+        raise ValueError(f"method {settings.method!r} needs a teacher: the state has none and the batch "
+                         "carries no teacher_logits")
+    return tuple(jax.lax.stop_gradient(teacher_apply_fn(teacher_variables, v, train=False).astype(jnp.float32))
+                 for v in _views(settings, batch))
+
+
+def student_update(settings: StepSettings, state: TrainState, hparams: LossHParams, batch: dict, teacher):
+    """One optimizer step of one student given the teacher's logits: ``(state, metrics)``.
+
+    ``teacher``: tuple of float32 [B, K] per view (``teacher_logits_of_batch``) or None.
+    ``state.teacher_variables`` is not read, so a stack of students (zkd.sweep) need not carry it.
+    Pure; ``jax.vmap`` over ``state`` and ``hparams`` steps many students on one batch.
+    """
+    s = settings
+    labels = batch["label"]
+    views = _views(s, batch)
+    epoch = (state.step // s.steps_per_epoch + 1).astype(jnp.float32)
+
+    def loss_fn(params):
+        batch_stats = state.batch_stats
+        student = []
+        for images in views:  # MLKD: two forward passes, each updating the running statistics
+            logits, updates = state.apply_fn(
+                {"params": params["student"], "batch_stats": batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            batch_stats = updates["batch_stats"]
+            student.append(logits.astype(jnp.float32))
+        student_logits = tuple(student) if s.two_views else student[0]
+        teacher_logits = None if teacher is None else (teacher if s.two_views else teacher[0])
+        terms = loss_terms(s, params, student_logits, teacher_logits, labels, epoch, hparams)
+        total = sum(terms.values())
+        return total, (terms, student[0], batch_stats)
+
+    (loss, (terms, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+
+    metrics = dict(terms)
+    metrics["loss"] = loss
+    metrics["accuracy"] = jnp.mean(losses.correct_top_k(logits, labels, 1).astype(jnp.float32))
+    metrics["learning_rate"] = jnp.asarray(s.learning_rate_fn(state.step), jnp.float32)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(new_state.params)
+    metrics["logit_std_student"] = _per_sample_std(logits)
+    if teacher is not None:
+        metrics["agreement"] = jnp.mean((jnp.argmax(logits, -1) == jnp.argmax(teacher[0], -1)).astype(jnp.float32))
+        metrics["logit_std_teacher"] = _per_sample_std(teacher[0])
+    if s.method == "ctkd":
+        metrics["ctkd_temperature"] = losses.ctkd_temperature(state.params["ctkd"]["p"], 0.0)
+    return new_state, metrics
 
 
 def make_train_step(settings: StepSettings) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """``train_step(state, batch, rng) -> (state, metrics)``, pure; jit it (see zkd.parallel).
 
     ``batch``: {"image": [B, H, W, C], "label": int32 [B]}, or for MLKD
-    {"image_weak", "image_strong", "label"}. ``rng`` is unused by the built-in methods (no
-    dropout) and kept for methods and models that need randomness; callers fold in the step.
+    {"image_weak", "image_strong", "label"}; optionally "teacher_logits" [B, K] (then the
+    teacher is not run). ``rng`` is unused by the built-in methods (no dropout) and kept for
+    methods and models that need randomness; callers fold in the step.
     Metrics: every loss term, "loss", "accuracy", "learning_rate", "grad_norm", "param_norm",
     "agreement" (student-teacher top-1), "logit_std_student" / "logit_std_teacher", and
     "ctkd_temperature" for CTKD.
@@ -115,45 +231,8 @@ def make_train_step(settings: StepSettings) -> Callable[[TrainState, dict, jax.A
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         del rng
-        labels = batch["label"]
-        views = (batch["image_weak"], batch["image_strong"]) if s.two_views else (batch["image"],)
-        epoch = (state.step // s.steps_per_epoch + 1).astype(jnp.float32)
-        teacher = tuple(_teacher_logits(state, v) for v in views) if s.needs_teacher else None
-
-        def loss_fn(params):
-            batch_stats = state.batch_stats
-            student = []
-            for images in views:  # MLKD: two forward passes, each updating the running statistics
-                logits, updates = state.apply_fn(
-                    {"params": params["student"], "batch_stats": batch_stats},
-                    images,
-                    train=True,
-                    mutable=["batch_stats"],
-                )
-                batch_stats = updates["batch_stats"]
-                student.append(logits.astype(jnp.float32))
-            student_logits = tuple(student) if s.two_views else student[0]
-            teacher_logits = None if teacher is None else (teacher if s.two_views else teacher[0])
-            terms = loss_terms(s, params, student_logits, teacher_logits, labels, epoch)
-            total = sum(terms.values())
-            return total, (terms, student[0], batch_stats)
-
-        (loss, (terms, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-
-        metrics = dict(terms)
-        metrics["loss"] = loss
-        metrics["accuracy"] = jnp.mean(losses.correct_top_k(logits, labels, 1).astype(jnp.float32))
-        metrics["learning_rate"] = jnp.asarray(s.learning_rate_fn(state.step), jnp.float32)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["param_norm"] = optax.tree.norm(new_state.params)
-        metrics["logit_std_student"] = _per_sample_std(logits)
-        if teacher is not None:
-            metrics["agreement"] = jnp.mean((jnp.argmax(logits, -1) == jnp.argmax(teacher[0], -1)).astype(jnp.float32))
-            metrics["logit_std_teacher"] = _per_sample_std(teacher[0])
-        if s.method == "ctkd":
-            metrics["ctkd_temperature"] = losses.ctkd_temperature(state.params["ctkd"]["p"], 0.0)
-        return new_state, metrics
+        teacher = teacher_logits_of_batch(s, state.teacher_apply_fn, state.teacher_variables, batch)
+        return student_update(s, state, s.hparams(), batch, teacher)
 
     return train_step
 

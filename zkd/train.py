@@ -96,7 +96,11 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, allow_confi
         with open(path) as f:
             saved = json.load(f)
         a, b = _flatten(saved), _flatten(current)
-        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+        # A field added to zkd after the run started is no change while it holds its default.
+        defaults = _flatten(json.loads(recipes.base_config().to_json()))
+        added_at_default = {k for k in set(b) - set(a) if k in defaults and b[k] == defaults[k]}
+        differ = sorted(k for k in set(a) | set(b)
+                        if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES and k not in added_at_default)
         if differ and not allow_config_change:
             details = "; ".join(f"{k}: {a.get(k)!r} in the workdir vs {b.get(k)!r} now" for k in differ[:8])
             raise ConfigError(
@@ -111,6 +115,25 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, allow_confi
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def data_seed(config) -> int:
+    """The seed of the data order and augmentation: ``config.data_seed``, or ``config.seed`` when -1."""
+    seed = config.get("data_seed", -1)
+    return int(config.seed if seed < 0 else seed)
+
+
+def steps_per_epoch_of(config) -> int:
+    """Training steps per epoch: the split over the global batch, capped by ``config.steps_per_epoch``."""
+    steps = data.steps_per_epoch(config.dataset, config.batch_size)
+    return min(steps, config.steps_per_epoch) if config.steps_per_epoch > 0 else steps
+
+
+def make_optimizer(config, steps_per_epoch: int):
+    """``(learning_rate_fn, tx)``: the piecewise epoch schedule and PyTorch-style SGD of ``config.optimizer``."""
+    o = config.optimizer
+    lr_fn = optim.piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
+    return lr_fn, optim.torch_sgd(lr_fn, o.momentum, o.weight_decay)
 
 
 def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.StepSettings:
@@ -182,8 +205,12 @@ def make_eval_source(config, info) -> Callable[[], Iterable[dict]]:
 
 
 def evaluate(eval_step, variables, eval_source, mesh) -> tuple[dict, list[np.ndarray]]:
-    """Exact evaluation over the test split: every example counted once (padded rows masked)."""
-    sums: dict[str, float] = {}
+    """Exact evaluation over the test split: every example counted once (padded rows masked).
+
+    Returns (metrics, predictions): floats, or lists of N floats for a stack of N students
+    (zkd.sweep); predictions per batch, [B] or [N, B], -1 on padded rows.
+    """
+    sums: dict[str, np.ndarray] = {}
     predictions = []
     for local in eval_source():
         batch = parallel.global_batch(local, mesh)
@@ -191,21 +218,23 @@ def evaluate(eval_step, variables, eval_source, mesh) -> tuple[dict, list[np.nda
         mask = parallel.to_host(batch["mask"])
         predictions.append(np.where(mask, out.pop("predictions"), -1))
         for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+            sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
     n = sums["count"]
-    return {
+    metrics = {
         "top1": 100.0 * sums["correct_top1"] / n,
         "top5": 100.0 * sums["correct_top5"] / n,
         "loss": sums["loss"] / n,
         "logit_std": sums["logit_std"] / n,
         "count": n,
-    }, predictions
+    }
+    return {k: np.asarray(v).tolist() for k, v in metrics.items()}, predictions
 
 
-def _agreement(student_preds, teacher_preds) -> float:
-    s, t = np.concatenate(student_preds), np.concatenate(teacher_preds)
-    valid = s >= 0
-    return 100.0 * float(np.mean(s[valid] == t[valid]))
+def _agreement(student_preds, teacher_preds):
+    """Top-1 agreement in %: a float, or a list per student for predictions [N, B]."""
+    s, t = np.concatenate(student_preds, axis=-1), np.concatenate(teacher_preds, axis=-1)
+    valid = t >= 0
+    return (100.0 * np.mean(s[..., valid] == t[valid], axis=-1)).tolist()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -221,6 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
     wall_start = time.time()
     # --- config and workdir
     validate_config(config)
+    if recipes.swept_axes(config):
+        raise ConfigError(f"config.sweep sets {', '.join(recipes.swept_axes(config))}: a grid trains with "
+                          "zkd.sweep.train_sweep (the zkd command chooses it); clear config.sweep for one run")
     info = data.get_info(config.dataset)
     mesh = parallel.make_mesh(None if config.num_devices < 0 else config.num_devices)
     parallel.check_batch_size(config.batch_size, mesh, "batch_size")
@@ -237,13 +269,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
         teacher, teacher_variables = load_teacher(config.teacher, info.num_classes, info.image_shape, dtype)
 
     # --- optimizer and state
-    steps_per_epoch = data.steps_per_epoch(config.dataset, config.batch_size)
-    if config.steps_per_epoch > 0:
-        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    steps_per_epoch = steps_per_epoch_of(config)
     total_steps = steps_per_epoch * config.num_epochs
-    o = config.optimizer
-    lr_fn = optim.piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
-    tx = optim.torch_sgd(lr_fn, o.momentum, o.weight_decay)
+    lr_fn, tx = make_optimizer(config, steps_per_epoch)
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
     state = state_lib.create_train_state(
@@ -292,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
     if not config.device_resident_data:
         batches = data.train_batches(
             config.dataset, data_dir=config.data_dir or None, global_batch_size=config.batch_size,
-            seed=config.seed, start_step=start_epoch * steps_per_epoch, two_views=settings.two_views,
+            seed=data_seed(config), start_step=start_epoch * steps_per_epoch, two_views=settings.two_views,
         )
     bar = ProgressBar(total_steps, config.batch_size, enabled=config.progress_bar)
     for epoch in range(start_epoch, config.num_epochs):
@@ -386,7 +414,7 @@ def _device_resident(train_step, config, info, mesh):
 
     def step_from_device_data(state, arrays, rng):
         batch = data.device_train_batch(
-            config.seed, state.step, arrays["images"], arrays["labels"],
+            data_seed(config), state.step, arrays["images"], arrays["labels"],
             dataset=info.name, global_batch_size=config.batch_size,
         )
         batch = jax.lax.with_sharding_constraint(batch, sharding)
