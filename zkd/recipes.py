@@ -140,6 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sweep = ml_collections.ConfigDict({
         "temperature": (), "kd_weight": (), "ce_weight": (), "dkd_alpha": (), "dkd_beta": (),
         "logit_stand": (), "seed": (),
+        "vectorize": "unroll",  # how the students' updates are batched: unroll | vmap (zkd.sweep)
     })
     c.dtype = "float32"              # computation dtype: float32 | bfloat16
     c.log_every_steps = 100
