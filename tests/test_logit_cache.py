@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zkd import checkpoint, data, logit_cache, models, optim, recipes, train
+from zkd import checkpoint, data, logit_cache, metrics_io, models, optim, recipes, train
 from zkd import state as state_lib
 from zkd import step as step_lib
 from zkd.data import pipeline
@@ -298,8 +298,6 @@ def test_cli_builds_the_cache_of_a_saved_teacher(tmp_path, capsys):
     assert rc == 1 and "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not hasattr(step_lib, "teacher_logits_of_batch"),
-                    reason="zkd.step does not take precomputed teacher_logits yet")
 def test_short_kd_ls_run_with_the_cache_matches_the_run_without(built):
     """Three KD+LS steps: teacher forward on the batch vs the cache's logits, same student init.
 
@@ -338,3 +336,45 @@ def test_short_kd_ls_run_with_the_cache_matches_the_run_without(built):
 
     gaps = jax.tree.leaves(jax.tree.map(update_gap, student_only.params, with_teacher.params, init))
     assert max(gaps) < 0.03, max(gaps)
+
+
+def test_a_run_with_config_teacher_logit_cache_trains_from_the_cache(tmp_path, monkeypatch):
+    """The trainer end to end: the cache's logits reach the step (no teacher forward in it), the
+    run tracks the run without a cache to float16 precision, and a stale cache is refused."""
+    from train_fixtures import tiny_config
+
+    teacher_dir = save_random_teacher(str(tmp_path / "teacher"))
+    cache_dir = str(tmp_path / "cache")
+    seen = []
+    original = step_lib.teacher_logits_of_batch
+
+    def spy(settings, apply_fn, variables, batch):
+        seen.append("teacher_logits" in batch)
+        return original(settings, apply_fn, variables, batch)
+
+    monkeypatch.setattr(step_lib, "teacher_logits_of_batch", spy)
+    with mock_cifar100(num_examples=32) as info:
+        images, labels = data.load_arrays(info, None, "train")
+        variables, _ = checkpoint.restore_variables(teacher_dir)
+        logit_cache.build_cache(cache_dir, models.build("resnet8", 100).apply, variables, "resnet8", images, labels,
+                                info, progress=False)
+        plain = tiny_config("kd", True, teacher_dir, epochs=1)
+        train.train_and_evaluate(plain, str(tmp_path / "plain"))
+        cached = tiny_config("kd", True, teacher_dir, epochs=1)
+        cached.teacher.logit_cache = cache_dir
+        train.train_and_evaluate(cached, str(tmp_path / "cached"))
+        assert seen == [False, True]  # one trace each: the plain step runs the teacher, the cached one does not
+        a = metrics_io.read_metrics(str(tmp_path / "plain"), "train")
+        b = metrics_io.read_metrics(str(tmp_path / "cached"), "train")
+        for name in ("loss", "kd", "ce", "agreement", "logit_std_teacher"):
+            np.testing.assert_allclose([m[name] for m in b], [m[name] for m in a], rtol=2e-3, err_msg=name)
+
+        other = save_random_teacher(str(tmp_path / "other"), seed=2)
+        stale = tiny_config("kd", True, other, epochs=1)
+        stale.teacher.logit_cache = cache_dir
+        with pytest.raises(logit_cache.StaleCacheError, match="python -m zkd.logit_cache --teacher .*other"):
+            train.train_and_evaluate(stale, str(tmp_path / "stale"))
+    bad = tiny_config("mlkd", True, teacher_dir)
+    bad.teacher.logit_cache = cache_dir
+    with pytest.raises(train.ConfigError, match="MLKD's two views"):
+        train.validate_config(bad)

@@ -118,7 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.student = ml_collections.ConfigDict({"name": "resnet8x4", "zoo": "cifar"})
     # teacher.checkpoint: a converted checkpoint dir (python -m zkd.convert), a PyTorch .pth
     # (converted on the fly), or the workdir of a zkd teacher run (its best checkpoint).
-    c.teacher = ml_collections.ConfigDict({"name": "", "zoo": "cifar", "checkpoint": ""})
+    # teacher.logit_cache: a directory built by `python -m zkd.logit_cache` for this teacher and
+    # training split; its logits replace the teacher's forward pass in training ("" = off).
+    c.teacher = ml_collections.ConfigDict({"name": "", "zoo": "cifar", "checkpoint": "", "logit_cache": ""})
     c.loss = ml_collections.ConfigDict({
         "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0,
         "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 20.0, "mlkd_mode": "released",

@@ -340,10 +340,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_ch
         print(f"teacher {config.teacher.name}: top-1 {t_metrics['top1']:.2f}%", flush=True)
 
     # --- loop
-    batches = data.train_batches(
-        config.dataset, data_dir=config.data_dir or None, global_batch_size=config.batch_size,
-        seed=train.data_seed(config), start_step=start_epoch * steps_per_epoch, two_views=settings.two_views,
-    )
+    batches = train.training_stream(config, info, teacher_variables, start_epoch * steps_per_epoch,
+                                    settings.two_views)
     bar = ProgressBar(steps_per_epoch * config.num_epochs, config.batch_size, enabled=config.progress_bar)
     for epoch in range(start_epoch, config.num_epochs):
         epoch_start = time.perf_counter()

@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError("config.device_resident_data does not support MLKD (its strong view is a tf.data op)")
         if not data.DATASETS[config.dataset].in_memory:
             raise ConfigError(f"config.device_resident_data needs a small dataset, not {config.dataset!r}")
+    if config.teacher.get("logit_cache", ""):
+        why = ("MLKD's two views (its strong view is not a crop/flip)" if config.method == "mlkd" else
+               "a method without a teacher" if config.method == "ce" else
+               "device-resident data" if config.device_resident_data else
+               f"{config.dataset} (not an in-memory, crop/flip-augmented dataset)"
+               if not data.DATASETS[config.dataset].in_memory else "")
+        if why:
+            raise ConfigError(f"config.teacher.logit_cache cannot serve {why}; set it to ''")
     for field in ("num_epochs", "batch_size", "eval_batch_size"):
         if config[field] < 1:
             raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
@@ -144,6 +152,31 @@ def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.St
         temperature=float(l.temperature), dkd_alpha=float(l.dkd_alpha), dkd_beta=float(l.dkd_beta),
         dkd_warmup_epochs=float(l.dkd_warmup_epochs), mlkd_mode=l.mlkd_mode,
     )
+
+
+def training_stream(config, info, teacher_variables, start_step: int, two_views: bool) -> Iterator[dict]:
+    """This process's training batches from ``start_step`` (zkd.data), with the teacher's
+    logits from ``config.teacher.logit_cache`` when one is set (then the step skips the teacher).
+
+    The cache is opened only if its content hash matches this teacher's weights and this
+    training split (zkd.logit_cache.StaleCacheError otherwise, with the rebuild command).
+    """
+    kwargs = dict(global_batch_size=config.batch_size, seed=data_seed(config), start_step=start_step,
+                  two_views=two_views)
+    path = config.teacher.get("logit_cache", "")
+    if not path:
+        return data.train_batches(config.dataset, data_dir=config.data_dir or None, **kwargs)
+    from zkd import logit_cache
+    from zkd.data import pipeline
+
+    images, labels = data.load_arrays(info, config.data_dir or None, "train")
+    digest = logit_cache.content_hash(config.teacher.name, teacher_variables, images, labels, info)
+    command = logit_cache.build_command(path, config.teacher.checkpoint, config.teacher.name, config.dataset,
+                                        config.data_dir or None)
+    cache = logit_cache.TeacherLogitCache.open(path, digest, command)
+    stream = pipeline.in_memory_train_batches(info, images, labels, process_index=jax.process_index(),
+                                              process_count=jax.process_count(), augmentation_params=True, **kwargs)
+    return logit_cache.attach_teacher_logits(stream, cache)
 
 
 # Step metrics that are not loss terms; a non-finite report names the loss terms first.
@@ -318,10 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
     # --- loop
     batches = None
     if not config.device_resident_data:
-        batches = data.train_batches(
-            config.dataset, data_dir=config.data_dir or None, global_batch_size=config.batch_size,
-            seed=data_seed(config), start_step=start_epoch * steps_per_epoch, two_views=settings.two_views,
-        )
+        batches = training_stream(config, info, teacher_variables, start_epoch * steps_per_epoch, settings.two_views)
     bar = ProgressBar(total_steps, config.batch_size, enabled=config.progress_bar)
     for epoch in range(start_epoch, config.num_epochs):
         epoch_start = time.perf_counter()
