@@ -229,3 +229,26 @@ def test_a_diverging_student_stops_the_sweep_naming_it(tmp_path, teacher_dir):
     with mock_cifar100(), pytest.raises(train.NonFiniteError, match=r"student T1e-38: non-finite values at step 0"):
         sweep.train_sweep(c, workdir)
     assert checkpoint.TrainingCheckpoints(workdir).latest_step() is None
+
+
+def test_the_zkd_command_trains_a_grid_given_on_the_command_line():
+    """`--config.sweep.<axis>="(a, b)"` reaches zkd.sweep through the real entry point (train_sweep
+    replaced by a probe in the child process)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from zkd import main, sweep\n"
+        "def probe(config, workdir, allow_config_change=False):\n"
+        "    print('GRID', [p.name for p in sweep.grid_points(config)], workdir)\n"
+        "    raise SystemExit(0)\n"
+        "sweep.train_sweep = probe\n"
+        "sys.argv = ['zkd', '--config=configs/cifar100.py:method=dkd', '--config.sweep.temperature=(2, 3)',\n"
+        "            '--config.sweep.dkd_beta=(4, 8)']\n"
+        "main.run()\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "GRID ['T2_beta4', 'T2_beta8', 'T3_beta4', 'T3_beta8'] workdirs/cifar100/sweep_dkd/" in out.stdout
