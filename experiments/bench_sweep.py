@@ -13,7 +13,9 @@ excluded, compile time printed separately), and the ratio
 
 which is the cost of the sweep relative to nine separate runs over the same number of steps
 (per-run start-up and the teacher's one evaluation are not counted; they favour the sweep
-further). Synthetic data on the device: no input pipeline in the timing. ``--write`` writes
+further). ``--cached`` adds the sweep fed teacher logits from a cache (zkd.logit_cache), which
+removes the teacher's forward pass too (the cache's build cost: experiments/bench_logit_cache.py).
+Synthetic data on the device: no input pipeline in the timing. ``--write`` writes
 the table to experiments/results/bench_sweep.md (appending a section per device).
 """
 
@@ -29,7 +31,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from zkd import models, optim, recipes, sweep, train  # noqa: E402
+from zkd import models, recipes, sweep, train  # noqa: E402
 from zkd import state as state_lib  # noqa: E402
 from zkd import step as step_lib  # noqa: E402
 
@@ -64,6 +66,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--vectorize", default="vmap,unroll", help="sweep step variants to time (zkd.sweep.VECTORIZE)")
+    parser.add_argument("--cached", action="store_true",
+                        help="also time the sweep fed cached teacher logits (zkd.logit_cache; no teacher forward)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
 
@@ -103,6 +107,12 @@ def main():
         assert np.all(np.isfinite(np.asarray(results[mode][2]["loss"]))), results[mode][2]["loss"]
 
     best = min(results, key=lambda m: results[m][0])
+    cached = None
+    if args.cached:  # the sweep fed teacher logits (zkd.logit_cache): no teacher forward at all
+        state = jax.tree.map(jnp.copy, sweep_state)
+        logits = jnp.asarray(rng.standard_normal((args.batch, 100)), jnp.float32)
+        sweep_step = jax.jit(sweep.make_sweep_step(settings, best), donate_argnums=(0,))
+        cached = timed(sweep_step, state, dict(batch, teacher_logits=logits), args.iters, args.warmup)
     ratio = results[best][0] / (n * t_single)
     device = jax.devices()[0]
     where = f"{jax.default_backend()} ({device.device_kind}), {args.dtype}, batch {args.batch}"
@@ -116,7 +126,11 @@ def main():
         f"| {n} separate runs | {1e3 * n * t_single:.1f} | {n * c_single:.1f} | {args.batch / t_single:.0f} |",
         *(f"| one sweep of {n}, vectorize={m} | {1e3 * t:.1f} | {c:.1f} | {n * args.batch / t:.0f} |"
           for m, (t, c, _) in results.items()),
+        *([f"| one sweep of {n}, vectorize={best}, teacher logits from a cache | {1e3 * cached[0]:.1f} | "
+           f"{cached[1]:.1f} | {n * args.batch / cached[0]:.0f} |"] if cached else []),
         "",
+        *([f"sweep with cached teacher logits / {n} separate runs = {cached[0] / (n * t_single):.2f}", ""]
+          if cached else []),
         f"**sweep (vectorize={best}) / {n} separate runs = {ratio:.2f}** (per step; `python "
         f"experiments/bench_sweep.py --teacher {args.teacher} --student {args.student} --batch {args.batch} "
         f"--iters {args.iters} --dtype {args.dtype}`)",

@@ -315,6 +315,19 @@ def plot_logit_std(runs: list[dict], path: str) -> str:
     return logit_stats.save_figure(fig, path)
 
 
+ANALYSIS_PLACEHOLDER = "_To be written from the numbers above once the full study has run._"
+
+
+def _kept_analysis(results_path: str) -> str:
+    """The hand-written analysis of an existing results file (kept when the tables are rewritten)."""
+    if not os.path.exists(results_path):
+        return ANALYSIS_PLACEHOLDER
+    with open(results_path) as f:
+        text = f.read()
+    head, sep, analysis = text.partition("\n## Analysis\n")
+    return analysis.strip() if sep and analysis.strip() else ANALYSIS_PLACEHOLDER
+
+
 def write_results(runs: list[dict], args, command: str, stats: dict | None) -> str:
     os.makedirs(args.figures_dir, exist_ok=True)
     rel = lambda p: os.path.relpath(p, os.path.dirname(os.path.abspath(args.results)))  # noqa: E731
@@ -395,7 +408,7 @@ def write_results(runs: list[dict], args, command: str, stats: dict | None) -> s
     if facts:
         lines.append(f"- The teacher's mean top probability on the test set: raw {facts['raw']:.3f}, plain KD at T 4 "
                      f"{facts['kd']:.3f}, standardized at base T 2 {facts['ls']:.3f}.")
-    lines += ["", "## Analysis", "", "_To be written from the numbers above once the full study has run._", ""]
+    lines += ["", "## Analysis", "", _kept_analysis(args.results), ""]
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     text = "\n".join(lines)
     with open(args.results, "w") as f:

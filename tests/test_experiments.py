@@ -262,6 +262,12 @@ def test_study_end_to_end_tiny(tmp_path):
         calls.clear()
         assert study.main(argv) == text and calls == []  # everything finished: nothing reruns
     assert open(results).read() == text
+    assert text.rstrip().endswith(study.ANALYSIS_PLACEHOLDER)
+    written = text.replace(study.ANALYSIS_PLACEHOLDER, "LS helps here because ...\n\nTwo paragraphs.")
+    with open(results, "w") as f:  # a hand-written analysis survives the tables being rewritten
+        f.write(written)
+    with mock_fashion_mnist():
+        assert study.main(argv) == written
     kd = json.load(open(os.path.join(root, "kd", "seed0", "summary.json")))
     kd_ls = json.load(open(os.path.join(root, "kd_ls", "seed0", "summary.json")))
     assert f"| KD | T 4, KD 0.9, CE 0.1 | 1/1 | {kd['best_top1']:.2f} | {kd['last_top1']:.2f} |" in text

@@ -171,14 +171,14 @@ def test_a_misspelled_config_override_is_one_line_with_the_closest_field(overrid
 
 
 def test_unknown_field_message_walks_nested_fields():
-    from zkd import main, recipes
+    from zkd import recipes
 
     config = recipes.finalize(recipes.fashion_mnist("kd", "resnet8"))
-    assert main.unknown_field_message(config, "loss.temperature") is None
-    assert "did you mean 'loss'?" in main.unknown_field_message(config, "losss.temperature")
-    assert main.unknown_field_message(config, "loss.zzzzzz").startswith(
+    assert recipes.unknown_field_message(config, "loss.temperature") is None
+    assert "did you mean 'loss'?" in recipes.unknown_field_message(config, "losss.temperature")
+    assert recipes.unknown_field_message(config, "loss.zzzzzz").startswith(
         "error: unknown config field 'loss.zzzzzz' (valid fields under config.loss: ")
-    assert "holds a value of type int, not a group of fields" in main.unknown_field_message(config, "num_epochs.x")
+    assert "holds a value of type int, not a group of fields" in recipes.unknown_field_message(config, "num_epochs.x")
 
 
 def test_a_full_disk_while_checkpointing_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, teacher_dir,

@@ -11,18 +11,19 @@ so runs of different settings never share a folder. A config whose ``sweep`` set
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Optional
 
 # tf.data only: keep TensorFlow off the accelerators and quiet, before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from zkd import recipes  # noqa: E402  (flag-free: config tables and config-field helpers)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally ':args'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<run name>).")
@@ -36,7 +37,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    from zkd import parallel, recipes, train
+    from zkd import parallel, train
 
     parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     config = _CONFIG.value
@@ -58,30 +59,6 @@ def main(argv):
 
 
 # ----------------------------------------------------------------------------- command-line errors
-
-
-def unknown_field_message(config: Any, path: str) -> Optional[str]:
-    """The one-line error for ``--config.<path>`` when ``path`` is not a field of ``config``.
-
-    Returns None when every component of the dotted ``path`` exists. Otherwise names the first
-    missing component, the closest valid name at that level (if any is close) and all valid
-    names there, e.g. ``error: unknown config field 'loss.temperatur'; did you mean
-    'loss.temperature'? (valid fields under config.loss: ce_weight, ...)``.
-    """
-    node, parent = config, ""
-    for name in path.split("."):
-        if not isinstance(node, Mapping) and not hasattr(node, "keys"):
-            return (f"error: config field '{parent[:-1]}' holds a value of type {type(node).__name__}, not a group "
-                    f"of fields, so --config.{path} names nothing; set --config.{parent[:-1]}=VALUE instead")
-        fields = sorted(str(k) for k in node.keys())
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"; did you mean '{parent}{close[0]}'?" if close else ""
-            where = f"config.{parent[:-1]}" if parent else "config"
-            return (f"error: unknown config field '{parent}{name}'{hint} "
-                    f"(valid fields under {where}: {', '.join(fields)})")
-        node, parent = node[name], f"{parent}{name}."
-    return None
 
 
 def _config_argument(argv: Sequence[str]) -> Optional[str]:
@@ -118,7 +95,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         except Exception:  # the config file itself is broken: its own error says how
             raise err from None
         for path in _override_paths(argv[1:]):
-            message = unknown_field_message(config, path)
+            message = recipes.unknown_field_message(config, path)
             if message:
                 print(message, file=sys.stderr)
                 sys.exit(2)

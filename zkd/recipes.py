@@ -9,7 +9,9 @@ published numbers (REFERENCE.md §3-4 and §6).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import difflib
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import ml_collections
 
@@ -162,6 +164,30 @@ def swept_axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
     if sweep is None:
         return {}
     return {axis: tuple(sweep[axis]) for axis in SWEEP_AXES if len(sweep[axis])}
+
+
+def unknown_field_message(config: Any, path: str) -> Optional[str]:
+    """The one-line error for ``--config.<path>`` when ``path`` is not a field of ``config``.
+
+    Returns None when every component of the dotted ``path`` exists. Otherwise names the first
+    missing component, the closest valid name at that level (if any is close) and all valid
+    names there, e.g. ``error: unknown config field 'loss.temperatur'; did you mean
+    'loss.temperature'? (valid fields under config.loss: ce_weight, ...)``.
+    """
+    node, parent = config, ""
+    for name in path.split("."):
+        if not isinstance(node, Mapping) and not hasattr(node, "keys"):
+            return (f"error: config field '{parent[:-1]}' holds a value of type {type(node).__name__}, not a group "
+                    f"of fields, so --config.{path} names nothing; set --config.{parent[:-1]}=VALUE instead")
+        fields = sorted(str(k) for k in node.keys())
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean '{parent}{close[0]}'?" if close else ""
+            where = f"config.{parent[:-1]}" if parent else "config"
+            return (f"error: unknown config field '{parent}{name}'{hint} "
+                    f"(valid fields under {where}: {', '.join(fields)})")
+        node, parent = node[name], f"{parent}{name}."
+    return None
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
