@@ -8,9 +8,11 @@ grid point, the teacher's forward pass included each time. Here a grid is one ru
 
 Every non-empty axis of ``config.sweep`` (temperature, kd_weight, ce_weight, dkd_alpha, dkd_beta,
 logit_stand, seed) is swept over its Cartesian product. The students are stacked along a
-leading axis; one compiled step runs the teacher once on the batch and ``jax.vmap``s the student
-update (``zkd.step.student_update``) over the stack, each student with its own
-``LossHParams``; the state is replicated and the batch sharded over the mesh as in a single run.
+leading axis; one compiled step runs the teacher once on the batch (or takes its logits from
+``config.teacher.logit_cache``) and then the student update (``zkd.step.student_update``) of every
+student, each with its own ``LossHParams``: written out per student (``sweep.vectorize="unroll"``,
+the default) or batched with ``jax.vmap`` (``"vmap"``; slower where measured, see
+``make_sweep_step``). The state is replicated and the batch sharded over the mesh as in a single run.
 
 Each grid point is the single run whose config is ``point.config``: same data stream
 (``data_seed`` is the sweep's), same initialisation (``seed``), same hyper-parameters; its
@@ -23,8 +25,7 @@ Workdir layout:
     checkpoints/                     the stacked students (what a restart resumes from)
     students/<point>/                one complete zkd run directory per grid point: config.json
                                      (its single-run config), metrics.jsonl, checkpoints/, best/,
-                                     summary.json -- usable as a teacher, by logit_stats.py, or
-                                     resumed alone with ``zkd --config=.../config.json``-equivalent
+                                     summary.json -- usable as a teacher or by logit_stats.py
     sweep.json, sweep.md             the grid ranked by best test top-1
 """
 
