@@ -170,6 +170,23 @@ def test_a_misspelled_config_override_is_one_line_with_the_closest_field(overrid
     assert done.stdout == ""  # stopped before any run started
 
 
+@pytest.mark.parametrize("arguments, error", [
+    (["--config=configs/fashion_mnist.py"], "error (TeacherError): config.teacher.checkpoint is empty: point it at"),
+    (["--config=configs/fashion_mnist.py:method=ce,model=resnet8", "--config.data_dir={empty}"],
+     "error (DataNotFoundError): "),
+], ids=["no_teacher", "no_dataset"])
+def test_the_command_prints_named_errors_without_a_traceback(tmp_path, arguments, error):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.makedirs(tmp_path / "empty")
+    argv = [a.format(empty=tmp_path / "empty") for a in arguments] + [f"--workdir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k != "ZKD_TRACEBACK"}
+    done = subprocess.run([sys.executable, "-m", "zkd.main", *argv], capture_output=True, text=True, cwd=repo,
+                          timeout=300, env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and error in done.stderr, done.stderr[-2000:]
+    assert ("python -m zkd.data.prepare" in done.stderr) == ("DataNotFound" in error)  # the fix is named
+
+
 def test_unknown_field_message_walks_nested_fields():
     from zkd import recipes
 

@@ -7,6 +7,8 @@ at that level, and exit status 2 (no traceback). Without
 ``--workdir`` the run goes to ``workdirs/<dataset>/<method>[_ls]/<teacher>-<student>/seed<N>``,
 so runs of different settings never share a folder. A config whose ``sweep`` sets any axis
 (``--config.sweep.temperature="(2, 3)"``) trains the whole grid in one run (zkd.sweep).
+zkd's named errors (bad config values, data, teacher, checkpoint, cache; a non-finite step) end
+the command with their one-line message on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -33,7 +35,29 @@ _NPROC = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of process
 _PID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
 
 
+def named_errors() -> tuple[type, ...]:
+    """zkd's own errors: each message already says what is wrong and how to fix it, so the
+    command prints it as one line (``ZKD_TRACEBACK=1`` shows the traceback too)."""
+    from zkd import checkpoint, convert, data, logit_cache, teacher, train
+
+    return (train.ConfigError, train.NonFiniteError, data.DataError, data.DataNotFoundError,
+            data.UnknownDatasetError, checkpoint.CheckpointWriteError, convert.CheckpointMismatchError,
+            convert.CheckpointFileError, teacher.TeacherError, logit_cache.StaleCacheError,
+            logit_cache.CacheNotFoundError)
+
+
 def main(argv):
+    try:
+        _train(argv)
+    except named_errors() as err:
+        if os.environ.get("ZKD_TRACEBACK"):
+            raise
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error ({type(err).__name__}): {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _train(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
