@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -136,6 +137,38 @@ def _complete_steps(directory: str) -> list[int]:
         return []
 
 
+def _tree_snapshot(paths: list[str]) -> set:
+    snapshot = set()
+    for top in paths:
+        for root, _, files in os.walk(top):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    st = os.stat(os.path.join(root, name))
+                    snapshot.add((root, name, st.st_size, st.st_mtime_ns))
+    return snapshot
+
+
+def _remove_unfinished_steps(directory: str, settle_seconds: float = 0.5, timeout_seconds: float = 30.0) -> None:
+    """Delete orbax's temporary step directories in ``directory`` once nothing writes into them
+    (unchanged for ``settle_seconds``, waiting at most ``timeout_seconds``). Complete steps are
+    never touched; a temporary directory is never read back by orbax anyway."""
+    def unfinished():
+        with contextlib.suppress(OSError):
+            return [os.path.join(directory, n) for n in os.listdir(directory) if ".orbax-checkpoint-tmp" in n]
+        return []
+
+    deadline = time.monotonic() + timeout_seconds
+    before = _tree_snapshot(unfinished())
+    while time.monotonic() < deadline:
+        time.sleep(settle_seconds)
+        now = _tree_snapshot(unfinished())
+        if now == before:
+            break
+        before = now
+    for path in unfinished():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _manager(directory: str, max_to_keep: int, keep_period: int | None = None) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, keep_period=keep_period, create=True, cleanup_tmp_directories=True
@@ -173,10 +206,17 @@ class TrainingCheckpoints:
             raise error from err
 
     def _close_after_failure(self) -> None:
-        """Stop orbax's background threads after a failed write; the run ends with the error."""
+        """Stop orbax's background threads after a failed write, and remove the failed step's
+        temporary directories; the run ends with the error.
+
+        When one item of a save fails, the other items' array writes (tensorstore) can go on in
+        the background; they are let finish before their temporary directory is removed, so a
+        restart in the same process never meets a half-written step.
+        """
         for manager in (self._latest, self._best):
             with contextlib.suppress(Exception):
                 manager.close()
+            _remove_unfinished_steps(os.fspath(manager.directory))
 
     def latest_step(self) -> int | None:
         return self._latest.latest_step()
