@@ -124,6 +124,14 @@ def test_vmapped_and_unrolled_students_take_the_same_step():
         da = np.concatenate([np.ravel(x[i] - x0[i]) for x, x0 in zip(jax.tree.leaves(a.students.params), before)])
         db = np.concatenate([np.ravel(y[i] - x0[i]) for y, x0 in zip(jax.tree.leaves(b.students.params), before)])
         assert np.linalg.norm(da - db) <= 2e-3 * np.linalg.norm(db), np.linalg.norm(da - db) / np.linalg.norm(db)
+    variables = {"params": a.students.params["student"], "batch_stats": a.students.batch_stats}
+    eval_batch = dict(batch, mask=jnp.arange(8) < 6)
+    sums = {mode: jax.jit(sweep.make_sweep_eval_step(student.apply, len(points), mode))(variables, eval_batch)
+            for mode in sweep.VECTORIZE}
+    single = step_lib.make_eval_step(student.apply)(sweep.student_slice(variables, 1), eval_batch)
+    for k in single:
+        np.testing.assert_allclose(sums["unroll"][k][1], single[k], rtol=1e-5, err_msg=k)
+        np.testing.assert_allclose(sums["vmap"][k], sums["unroll"][k], rtol=1e-4, atol=1e-5, err_msg=k)
     with pytest.raises(train.ConfigError, match="valid: unroll, vmap"):
         sweep.make_sweep_step(settings, "pmap")
 

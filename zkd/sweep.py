@@ -223,6 +223,20 @@ def make_sweep_step(settings: step_lib.StepSettings, vectorize: str = "unroll"):
     return sweep_step
 
 
+def make_sweep_eval_step(apply_fn, num_students: int, vectorize: str = "unroll"):
+    """``eval_step(stacked_variables, batch)``: every student's ``eval_sums``, each [N] (and
+    "predictions" [N, B]); students unrolled or vmapped as in ``make_sweep_step``."""
+    one = step_lib.make_eval_step(apply_fn)
+    if resolve_vectorize(vectorize) == "vmap":
+        return jax.vmap(one, in_axes=(0, None))
+
+    def eval_step(variables, batch):
+        outs = [one(student_slice(variables, i), batch) for i in range(num_students)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return eval_step
+
+
 def student_slice(tree: Any, i: int) -> Any:
     """Student ``i`` of a stacked (host) pytree."""
     return jax.tree.map(lambda x: x[i], tree)
@@ -236,9 +250,9 @@ def _student_summary(config, meta: dict, i: int, wall_start: float) -> dict:
         "run": recipes.run_name(config),
         "best_top1": meta["best_top1"][i],
         "best_epoch": meta["best_epoch"][i],
-        "last_top1": meta.get("last_top1", [float("nan")] * (i + 1))[i],
-        "last_top5": meta.get("last_top5", [float("nan")] * (i + 1))[i],
-        "agreement": meta.get("agreement", [float("nan")] * (i + 1))[i],
+        "last_top1": meta["last_top1"][i],
+        "last_top5": meta["last_top5"][i],
+        "agreement": meta["agreement"][i],
         "epochs": meta["epoch"],
         "train_seconds": meta["train_seconds"],
         "images_per_second": meta["train_images"] / max(meta["train_seconds"], 1e-9),
@@ -309,7 +323,9 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_ch
     keep_every = config.checkpoint_every_epochs * steps_per_epoch
     stacked_ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=keep_every)
     student_ckpts = [checkpoint.TrainingCheckpoints(d, keep_every_steps=keep_every) for d in student_dirs]
-    meta = {"epoch": 0, "best_top1": [-1.0] * n, "best_epoch": [0] * n, "train_seconds": 0.0, "train_images": 0}
+    nan = [float("nan")] * n
+    meta = {"epoch": 0, "best_top1": [-1.0] * n, "best_epoch": [0] * n, "train_seconds": 0.0, "train_images": 0,
+            "last_top1": nan, "last_top5": nan, "agreement": nan}
     restored = stacked_ckpts.restore_latest(state_lib.checkpointable(state.students))
     if restored is not None:
         saved, meta = restored
@@ -325,8 +341,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_ch
     # --- compiled steps
     settings = sweep_settings(config, points, steps_per_epoch, lr_fn)
     p_sweep_step = parallel.jit_train_step(make_sweep_step(settings, config.sweep.vectorize), mesh)
-    eval_one = step_lib.make_eval_step(student.apply)
-    p_eval = parallel.jit_eval_step(jax.vmap(eval_one, in_axes=(0, None)), mesh, stacked=True)
+    p_eval = parallel.jit_eval_step(make_sweep_eval_step(student.apply, n, config.sweep.vectorize), mesh,
+                                    stacked=True)
     train_rng = parallel.replicate(jax.random.split(jax.random.key(config.seed))[1], mesh)
     eval_source = train.make_eval_source(config, info)
 
@@ -402,8 +418,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_ch
             student_meta = {"epoch": epoch + 1, "best_top1": meta["best_top1"][j], "best_epoch": meta["best_epoch"][j],
                             "train_seconds": meta["train_seconds"], "train_images": meta["train_images"],
                             "last_top1": top1[j], "last_top5": meta["last_top5"][j], "agreement": meta["agreement"][j]}
-            ck.save(step_now, student_slice(saved, j), student_meta, is_best[j])
-            ck.wait()
+            ck.save(step_now, student_slice(saved, j), student_meta, is_best[j])  # async; overlaps training
         if not bar.enabled:
             best = max(range(n), key=lambda j: top1[j])
             print(f"epoch {epoch + 1}/{config.num_epochs}: best student {points[best].name} {top1[best]:.2f}%, "
