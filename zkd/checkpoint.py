@@ -24,6 +24,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from zkd.errors import ZkdError
+
 _VARIABLES = "variables"
 _METADATA = "metadata.json"
 
@@ -95,7 +97,7 @@ def _restore_to_host(path: str) -> Any:
 _LATEST, _BEST = "checkpoints", "best"
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(ZkdError, OSError):
     """A training checkpoint could not be written (full disk, I/O error, ...).
 
     ``errno`` is the underlying error's; the earlier complete checkpoints are left as they were.

@@ -39,10 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zkd.errors import ZkdError
+
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(ZkdError, ValueError):
     """A state dict does not fit the architecture: missing, unexpected or mis-shaped entries."""
 
 
@@ -147,7 +149,7 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], template: Mapping[str
     return {c: jax.tree_util.tree_unflatten(td, lv) for c, (_, td, lv) in out.items()}
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(ZkdError, ValueError):
     """A PyTorch checkpoint file cannot be read (missing, truncated, corrupt, or not a state dict)."""
 
 

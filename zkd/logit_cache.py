@@ -59,6 +59,7 @@ import zkd
 from zkd.data import device
 from zkd.data.info import DatasetInfo, get_info
 from zkd.data.pipeline import AUGMENTATION_PARAMS
+from zkd.errors import ZkdError
 
 FORMAT_VERSION = 1
 LOGITS_FILE = "logits.npy"
@@ -66,15 +67,15 @@ META_FILE = "meta.json"
 DEFAULT_BATCH_SIZE = 2048  # teacher forward passes (variant images) per device call
 
 
-class StaleCacheError(ValueError):
+class StaleCacheError(ZkdError, ValueError):
     """The cache on disk was built for another teacher, other data or another format version."""
 
 
-class CacheNotFoundError(FileNotFoundError):
+class CacheNotFoundError(ZkdError, FileNotFoundError):
     """No complete cache at the directory (never built, or the build was interrupted)."""
 
 
-class CacheExistsError(FileExistsError):
+class CacheExistsError(ZkdError, FileExistsError):
     """A build would overwrite a complete cache of other content, or a directory that is not a cache."""
 
 

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from zkd import checkpoint, models
+from zkd.errors import ZkdError
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin")
 
 
-class TeacherError(ValueError):
+class TeacherError(ZkdError, ValueError):
     """The teacher a config names cannot be loaded or does not match the configured model."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from zkd.errors import ZkdError
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -60,11 +62,11 @@ class DatasetInfo:
         return "train" if split == "train" else self.test_split
 
 
-# CIFAR-100 statistics are the ones of the reference recipe (REFERENCE.md section 4).
+# CIFAR-100 statistics are the ones of the reference recipe (docs/paper.md §4).
 # CIFAR-10 and Fashion-MNIST statistics are population mean / std over all training pixels
 # on the [0, 1] scale; the Fashion-MNIST values were computed from the 60,000 training images
 # (tests/test_data_prepare.py recomputes them from the Debian files).
-class UnknownDatasetError(KeyError, ValueError):
+class UnknownDatasetError(ZkdError, KeyError, ValueError):
     """A dataset name that ``DATASETS`` does not hold."""
 
     def __str__(self):  # KeyError would print the repr of the message

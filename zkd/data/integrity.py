@@ -30,9 +30,10 @@ from etils import epath
 
 from zkd.data.info import DatasetInfo
 from zkd.data.sources import prepare_instructions
+from zkd.errors import ZkdError
 
 
-class DataError(ValueError):
+class DataError(ZkdError, ValueError):
     """Data that cannot be right: labels outside the class range, damaged records, or a
     prepared directory of another dataset. The message names the problem and the fix."""
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from zkd.errors import ZkdError
 
-class DataNotFoundError(FileNotFoundError):
+
+class DataNotFoundError(ZkdError, FileNotFoundError):
     """A dataset (or its source files) is missing; the message says how to get it."""
 
 
