@@ -13,6 +13,7 @@ directory as its teacher and restores it with ``restore_variables``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -85,16 +86,21 @@ def _restore_to_host(path: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- training runs
-# A run's workdir holds two orbax CheckpointManagers of the student (never the teacher):
-#   checkpoints/<step>/  the latest one, plus one every `keep_every_steps` steps
-#   best/<step>/         the one with the best test accuracy so far
-# each with items "state" (step, params, batch_stats, opt_state) and "meta" (JSON: epoch,
-# best accuracy, ...). Orbax writes into a temporary directory and renames it when complete,
-# so an interrupted save is never read back. Saves are asynchronous: a write that fails (a
-# full disk) surfaces at the next save or wait, as CheckpointWriteError naming the directory,
-# the cause and the complete checkpoint that a restart resumes from.
+# A run's workdir holds one orbax CheckpointManager of its students (never the teacher):
+#   checkpoints/<step>/  items "state" ({"students": [step, params, batch_stats, opt_state of each]}),
+#                        "meta" (JSON: epoch, per-student best accuracy, ...) and orbax's "metrics"
+#                        ({"top1": [one test top-1 per student]})
+# One write per save; orbax's preservation policies decide what stays: the latest, one every
+# `keep_every_steps` steps, and for each student the step of its best test top-1 (BestOfEach).
+# Orbax writes into a temporary directory and renames it when complete, so an interrupted save
+# is never read back. Saves are asynchronous: a write that fails (a full disk) surfaces at the
+# next save or wait, as CheckpointWriteError naming the directory, the cause and the complete
+# checkpoint that a restart resumes from.
+# A student of a sweep (students/<point>/) holds a `sweep_member.json` pointing at the sweep's
+# checkpoints and its index there; `restore_best_student` follows it.
 
-_LATEST, _BEST = "checkpoints", "best"
+_CHECKPOINTS, _OLD_BEST = "checkpoints", "best"
+_SWEEP_MEMBER = "sweep_member.json"
 
 
 class CheckpointWriteError(ZkdError, OSError):
@@ -171,27 +177,55 @@ def _remove_unfinished_steps(directory: str, settle_seconds: float = 0.5, timeou
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _manager(directory: str, max_to_keep: int, keep_period: int | None = None) -> ocp.CheckpointManager:
+def _first_best(checkpoints, j: int):
+    """The first of ``checkpoints`` (with metrics) holding the highest top-1 of student ``j``."""
+    best = None
+    for info in checkpoints:
+        if info.metrics is None:
+            continue
+        value = info.metrics["top1"][j]
+        if best is None or value > best.metrics["top1"][j]:
+            best = info
+    return best
+
+
+@dataclasses.dataclass
+class BestOfEach(ocp.checkpoint_managers.PreservationPolicy):
+    """Orbax preservation policy: keep, for each student, the checkpoint of its best test top-1
+    (the earliest one on ties), read from the checkpoint's metrics ``{"top1": [N floats]}``."""
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        keep = set()
+        with_metrics = [c for c in checkpoints if c.metrics is not None]
+        for j in range(len(with_metrics[0].metrics["top1"]) if with_metrics else 0):
+            keep.add(_first_best(with_metrics, j).step)
+        return [c.step in keep for c in checkpoints]
+
+
+def _manager(directory: str, keep_every_steps: int | None = None, for_reading: bool = False) -> ocp.CheckpointManager:
+    policies = [ocp.checkpoint_managers.LatestN(1), BestOfEach()]
+    if keep_every_steps:
+        policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every_steps))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, keep_period=keep_period, create=True, cleanup_tmp_directories=True
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        best_fn=lambda metrics: metrics["top1"][0],  # makes orbax store the metrics; BestOfEach reads them
+        best_mode="max", create=not for_reading, cleanup_tmp_directories=not for_reading,
     )
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
 
 class TrainingCheckpoints:
-    """Latest / periodic / best checkpoints of a training run in ``workdir``.
+    """The checkpoints of a training run in ``workdir/checkpoints``: one manager, one write per save.
 
     After a CheckpointWriteError the object is closed: the run stops, and a restart makes a new one.
     """
 
     def __init__(self, workdir: str, keep_every_steps: int | None = None):
-        workdir = os.path.abspath(workdir)
-        self._latest = _manager(os.path.join(workdir, _LATEST), max_to_keep=1, keep_period=keep_every_steps)
-        self._best = _manager(os.path.join(workdir, _BEST), max_to_keep=1)
+        self._manager = _manager(os.path.join(os.path.abspath(workdir), _CHECKPOINTS), keep_every_steps)
 
     @contextlib.contextmanager
-    def _named_write_errors(self, manager: ocp.CheckpointManager):
-        """Turn an OSError of an orbax save or wait of ``manager`` into CheckpointWriteError."""
+    def _named_write_errors(self):
+        """Turn an OSError of an orbax save or wait into CheckpointWriteError."""
         try:
             yield
         except CheckpointWriteError:
@@ -200,9 +234,9 @@ class TrainingCheckpoints:
             cause = _os_error(err)
             if cause is None:
                 raise
-            steps = _complete_steps(os.fspath(self._latest.directory))  # where a restart resumes from
-            message = write_error_message(os.fspath(manager.directory), cause, max(steps) if steps else None)
-            error = CheckpointWriteError(message)
+            directory = os.fspath(self._manager.directory)
+            steps = _complete_steps(directory)  # where a restart resumes from
+            error = CheckpointWriteError(write_error_message(directory, cause, max(steps) if steps else None))
             error.errno = cause.errno
             self._close_after_failure()
             raise error from err
@@ -215,13 +249,22 @@ class TrainingCheckpoints:
         the background; they are let finish before their temporary directory is removed, so a
         restart in the same process never meets a half-written step.
         """
-        for manager in (self._latest, self._best):
-            with contextlib.suppress(Exception):
-                manager.close()
-            _remove_unfinished_steps(os.fspath(manager.directory))
+        with contextlib.suppress(Exception):
+            self._manager.close()
+        _remove_unfinished_steps(os.fspath(self._manager.directory))
 
     def latest_step(self) -> int | None:
-        return self._latest.latest_step()
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def best_steps(self) -> list[int]:
+        """For each student, the step of its best test top-1 among the kept checkpoints."""
+        infos = [_StepInfo(s, self._manager.metrics(s)) for s in sorted(self._manager.all_steps())]
+        with_metrics = [i for i in infos if i.metrics is not None]
+        n = len(with_metrics[-1].metrics["top1"]) if with_metrics else 0
+        return [_first_best(with_metrics, j).step for j in range(n)]
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
         """(state, meta) of the latest complete checkpoint, or None when there is none.
@@ -229,50 +272,95 @@ class TrainingCheckpoints:
         ``abstract_state``: the state's tree (arrays or ShapeDtypeStructs with shardings) to
         restore into.
         """
-        step = self._latest.latest_step()
+        step = self._manager.latest_step()
         if step is None:
             return None
-        restored = self._latest.restore(
+        restored = self._manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
         )
         return restored["state"], dict(restored["meta"])
 
-    def save(self, step: int, state: Any, meta: dict, is_best: bool) -> None:
-        """Save the latest checkpoint (and the best one when ``is_best``); asynchronous.
+    def save(self, step: int, state: Any, meta: dict, top1: list[float]) -> None:
+        """Save ``state`` and ``meta`` at ``step`` with each student's test ``top1`` (which the
+        best-checkpoint policy ranks); asynchronous, one write.
 
         Raises:
           CheckpointWriteError: this save, or an earlier one still in flight, could not be
             written (the message names the directory, the cause and the step kept).
         """
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        with self._named_write_errors(self._latest):
-            self._latest.save(step, args=args, force=True)
-        if is_best:
-            # One save in flight at a time: two concurrent orbax saves of the same arrays race.
-            with self._named_write_errors(self._latest):
-                self._latest.wait_until_finished()
-            args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-            with self._named_write_errors(self._best):
-                self._best.save(step, args=args, force=True)
+        with self._named_write_errors():
+            self._manager.save(step, args=args, metrics={"top1": [float(t) for t in top1]}, force=True)
 
     def wait(self) -> None:
         """Block until every save is on disk; raises CheckpointWriteError as ``save`` does."""
-        for manager in (self._latest, self._best):
-            with self._named_write_errors(manager):
-                manager.wait_until_finished()
+        with self._named_write_errors():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._latest.close()
-        self._best.close()
+        self._manager.close()
+
+
+@dataclasses.dataclass
+class _StepInfo:
+    step: int
+    metrics: Any
+
+
+def _student_variables(state: dict) -> dict:
+    return {
+        "params": jax.tree.map(np.asarray, state["params"]["student"]),
+        "batch_stats": jax.tree.map(np.asarray, state["batch_stats"]),
+    }
 
 
 def restore_best_student(workdir: str) -> dict | None:
-    """``{"params", "batch_stats"}`` of the student in a run's best checkpoint (host numpy), or None."""
-    directory = os.path.join(os.path.abspath(workdir), _BEST)
+    """``{"params", "batch_stats"}`` (host numpy) of the student of run ``workdir`` at its best
+    test top-1, or None when the run has no complete checkpoint.
+
+    ``workdir`` may be a single run, or one student directory of a sweep (its
+    ``sweep_member.json`` names the sweep's checkpoints and the student's index there).
+    Runs written before zkd kept one checkpoint manager (a ``best/`` folder) are read too.
+    """
+    workdir = os.path.abspath(workdir)
+    index = 0
+    member = os.path.join(workdir, _SWEEP_MEMBER)
+    if os.path.exists(member):
+        with open(member) as f:
+            pointer = json.load(f)
+        workdir, index = os.path.normpath(os.path.join(workdir, pointer["sweep_workdir"])), pointer["index"]
+    old_best = os.path.join(workdir, _OLD_BEST)
+    if os.path.isdir(old_best):
+        return _restore_old_best(old_best)
+    directory = os.path.join(workdir, _CHECKPOINTS)
     if not os.path.isdir(directory):
         return None
-    manager = _manager(directory, max_to_keep=1)
+    manager = _manager(directory, for_reading=True)
+    try:
+        infos = [_StepInfo(s, manager.metrics(s)) for s in sorted(manager.all_steps())]
+        best = _first_best([i for i in infos if i.metrics is not None], index) if infos else None
+        if best is None:
+            return None
+        restored = manager.restore(best.step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    finally:
+        manager.close()
+    return _student_variables(restored["state"]["students"][index])
+
+
+def write_sweep_member(student_dir: str, sweep_workdir: str, index: int, name: str) -> None:
+    """Point the student directory of a sweep at the sweep's checkpoints (see restore_best_student)."""
+    text = json.dumps({"sweep_workdir": os.path.relpath(sweep_workdir, student_dir), "index": index,
+                       "name": name}, indent=2)
+    tmp = os.path.join(student_dir, _SWEEP_MEMBER + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, os.path.join(student_dir, _SWEEP_MEMBER))
+
+
+def _restore_old_best(directory: str) -> dict | None:
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                                    item_names=("state", "meta"))
     try:
         step = manager.latest_step()
         if step is None:
@@ -280,8 +368,4 @@ def restore_best_student(workdir: str) -> dict | None:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     finally:
         manager.close()
-    state = restored["state"]
-    return {
-        "params": jax.tree.map(np.asarray, state["params"]["student"]),
-        "batch_stats": jax.tree.map(np.asarray, state["batch_stats"]),
-    }
+    return _student_variables(restored["state"])

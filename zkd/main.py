@@ -35,25 +35,15 @@ _NPROC = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of process
 _PID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
 
 
-def named_errors() -> tuple[type, ...]:
-    """zkd's own errors: each message already says what is wrong and how to fix it, so the
-    command prints it as one line (``ZKD_TRACEBACK=1`` shows the traceback too)."""
-    from zkd import checkpoint, convert, data, logit_cache, teacher, train
-
-    return (train.ConfigError, train.NonFiniteError, data.DataError, data.DataNotFoundError,
-            data.UnknownDatasetError, checkpoint.CheckpointWriteError, convert.CheckpointMismatchError,
-            convert.CheckpointFileError, teacher.TeacherError, logit_cache.StaleCacheError,
-            logit_cache.CacheNotFoundError)
-
-
 def main(argv):
+    from zkd.errors import ZkdError
+
     try:
         _train(argv)
-    except named_errors() as err:
+    except ZkdError as err:  # the message already says what is wrong and how to fix it
         if os.environ.get("ZKD_TRACEBACK"):
             raise
-        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        print(f"error ({type(err).__name__}): {message}", file=sys.stderr)
+        print(f"error ({type(err).__name__}): {err.message()}", file=sys.stderr)
         sys.exit(1)
 
 

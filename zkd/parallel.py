@@ -110,25 +110,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh, batch_replicated: bool = False) -> Callable:
-    """jit ``train_step(state, batch, rng)``: state replicated and donated, batch sharded along
-    its leading axis (or replicated, for device-resident datasets the step gathers from)."""
+    """jit ``train_step(state, batch) -> (state, metrics)``: state replicated and donated, batch
+    sharded along its leading axis (or replicated, for device-resident datasets the step
+    gathers from), state and metrics replicated."""
     rep = replicated(mesh)
     batch = rep if batch_replicated else batch_sharded(mesh)
-    return jax.jit(train_step, in_shardings=(rep, batch, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+    return jax.jit(train_step, in_shardings=(rep, batch), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-def jit_eval_step(eval_step: Callable, mesh: Mesh, stacked: bool = False) -> Callable:
-    """jit ``eval_step(variables, batch)``: variables replicated, batch sharded; sums replicated,
-    per-example outputs sharded like the batch (``stacked``: a leading students axis first, as
-    for ``jax.vmap(eval_step, in_axes=(0, None))``)."""
-    rep, data = replicated(mesh), batch_sharded(mesh)
-    per_example = NamedSharding(mesh, P(None, DATA_AXIS)) if stacked else data
-
-    def out_sharding(name):
-        return per_example if name == "predictions" else rep
-
-    names = ("count", "correct_top1", "correct_top5", "loss", "logit_std", "predictions")
-    return jax.jit(eval_step, in_shardings=(rep, data), out_shardings={n: out_sharding(n) for n in names})
+def jit_eval_step(eval_step: Callable, mesh: Mesh) -> Callable:
+    """jit ``eval_step(variables, batch)``: variables replicated, batch sharded along its
+    leading axis. The outputs' shardings are left to the compiler (sums come out replicated,
+    per-example outputs sharded like the batch); ``to_host`` fetches either."""
+    return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharded(mesh)))
 
 
 def to_host(tree: Any) -> Any:

@@ -3,7 +3,7 @@
 Everything a config file needs beyond ``ml_collections`` lives here, so ``configs/`` imports
 only from zkd: the default config (every field, locked), the argument parser of
 ``--config configs/x.py:a=1,b=2``, the per-pair settings of the released logs and the
-published numbers (REFERENCE.md §3-4 and §6).
+published numbers (docs/paper.md §3-4 and §6).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ CIFAR_TEACHERS = tuple(sorted({t for t, _ in CIFAR_PAIRS}))
 IMAGENET_PAIRS = (("ResNet34", "ResNet18"), ("ResNet50", "MobileNetV1"))
 METHODS = ("kd", "dkd", "mlkd", "ctkd")
 
-# (base temperature, KD weight[, DKD beta]) of the released logs with LS (REFERENCE.md §6).
+# (base temperature, KD weight[, DKD beta]) of the released logs with LS (docs/paper.md §6).
 LS_SETTINGS = {
     "kd": {
         ("vgg13", "vgg8"): (3, 9), ("resnet110", "resnet20"): (4, 12), ("resnet32x4", "wrn_16_2"): (3, 9),
@@ -61,7 +61,7 @@ DKD_BETA = {
     ("vgg13", "MobileNetV2"): 6.0, ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0,
 }
 
-# Published top-1 (%), (baseline, +LS); REFERENCE.md §6.
+# Published top-1 (%), (baseline, +LS); docs/paper.md §6.
 PAPER_TOP1 = {
     ("kd", "resnet32x4", "resnet8x4"): (73.33, 76.62), ("ctkd", "resnet32x4", "resnet8x4"): (73.39, 76.67),
     ("dkd", "resnet32x4", "resnet8x4"): (76.32, 77.01), ("mlkd", "resnet32x4", "resnet8x4"): (77.08, 78.28),
@@ -109,7 +109,7 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every field a run reads, with CIFAR-100 defaults (REFERENCE.md §4). Config files
+    """Every field a run reads, with CIFAR-100 defaults (docs/paper.md §4). Config files
     override fields; the returned dict is locked by ``finalize``, so misspelled overrides fail."""
     c = ml_collections.ConfigDict()
     c.method = "ce"                  # ce | kd | dkd | mlkd | ctkd
@@ -164,6 +164,12 @@ def swept_axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
     if sweep is None:
         return {}
     return {axis: tuple(sweep[axis]) for axis in SWEEP_AXES if len(sweep[axis])}
+
+
+def data_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of the data order and augmentation: ``config.data_seed``, or ``config.seed`` when -1."""
+    seed = config.get("data_seed", -1)
+    return int(config.seed if seed < 0 else seed)
 
 
 def unknown_field_message(config: Any, path: str) -> Optional[str]:
@@ -251,7 +257,7 @@ def cifar_teacher(model: str, seed: int = 0) -> ml_collections.ConfigDict:
 
 def imagenet_distillation(teacher: str, student: str, logit_stand: bool, seed: int = 0,
                           teacher_checkpoint: str = "") -> ml_collections.ConfigDict:
-    """ImageNet KD (REFERENCE.md §4): batch 512, 100 epochs, lr 0.2 (x0.1 at 30/60/90), wd 1e-4."""
+    """ImageNet KD (docs/paper.md §4): batch 512, 100 epochs, lr 0.2 (x0.1 at 30/60/90), wd 1e-4."""
     if (teacher, student) not in IMAGENET_PAIRS:
         raise ValueError(f"ImageNet pairs are {IMAGENET_PAIRS}, got {(teacher, student)}")
     c = base_config()

@@ -67,6 +67,28 @@ def create_train_state(
     )
 
 
+@flax.struct.dataclass
+class RunState:
+    """What the compiled step of a run carries: N >= 1 students, their keys, and the teacher.
+
+    ``students``: a tuple of N ``TrainState`` (no teacher inside; a single run is N = 1).
+    ``keys``: a tuple of N PRNG keys, one per student (from its seed); the step folds in the
+    step number, so a resumed run draws the same randomness (``zkd.step.make_run_step``).
+    ``teacher_variables`` / ``teacher_apply_fn``: the frozen teacher, shared by every student,
+    never updated and never checkpointed (None without a teacher).
+    """
+
+    students: tuple
+    keys: tuple
+    teacher_variables: Any = None
+    teacher_apply_fn: Optional[Any] = flax.struct.field(pytree_node=False, default=None)
+
+    @property
+    def step(self) -> jax.Array:
+        """The step counter (every student takes every step, so they agree)."""
+        return self.students[0].step
+
+
 def checkpointable(state: TrainState) -> dict:
     """What a checkpoint holds: everything the student needs to resume, never the teacher."""
     return {

@@ -19,10 +19,15 @@ mode behind ``stop_gradient``; the student in train mode (BatchNorm statistics o
 running statistics updated; MLKD's two views are two forward passes, as released).
 
 The numeric hyper-parameters of the loss travel as a ``LossHParams`` pytree, so one compiled
-step can serve many students at once: ``make_sweep_step`` runs the teacher once per batch and
-``jax.vmap``s the student update over a stack of students, each with its own hyper-parameters
-(see zkd.sweep). A batch may carry precomputed ``"teacher_logits"`` (zkd.logit_cache); the
-step then skips the teacher's forward pass.
+step can serve many students at once: ``make_run_step`` runs the teacher once per batch and
+then the update of every student of a ``RunState`` (a single run is one student; a sweep is
+N), each with its own settings and hyper-parameters, written out one after the other or
+batched with ``jax.vmap``. A batch may carry precomputed ``"teacher_logits"``
+(zkd.logit_cache); the step then skips the teacher's forward pass.
+
+Randomness: each student has a key (from its seed); the step folds in the step number and
+hands it to the model as its ``"dropout"`` stream (dropout, stochastic depth), so a resumed
+run draws exactly what an uninterrupted one draws. Models without randomness ignore it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from zkd import losses
-from zkd.state import TrainState
+from zkd.state import RunState, TrainState
 
 METHODS = ("ce", "kd", "dkd", "mlkd", "ctkd")
 
@@ -168,12 +173,14 @@ def teacher_logits_of_batch(settings: StepSettings, teacher_apply_fn, teacher_va
                  for v in _views(settings, batch))
 
 
-def student_update(settings: StepSettings, state: TrainState, hparams: LossHParams, batch: dict, teacher):
+def student_update(settings: StepSettings, state: TrainState, hparams: LossHParams, batch: dict, teacher,
+                   rng: jax.Array | None = None):
     """One optimizer step of one student given the teacher's logits: ``(state, metrics)``.
 
     ``teacher``: tuple of float32 [B, K] per view (``teacher_logits_of_batch``) or None.
-    ``state.teacher_variables`` is not read, so a stack of students (zkd.sweep) need not carry it.
-    Pure; ``jax.vmap`` over ``state`` and ``hparams`` steps many students on one batch.
+    ``rng``: this step's key, the model's ``"dropout"`` stream (None: a model without randomness).
+    ``state.teacher_variables`` is not read, so the students of a ``RunState`` need not carry it.
+    Pure; ``jax.vmap`` over ``state``, ``hparams`` and ``rng`` steps many students on one batch.
     """
     s = settings
     labels = batch["label"]
@@ -183,12 +190,14 @@ def student_update(settings: StepSettings, state: TrainState, hparams: LossHPara
     def loss_fn(params):
         batch_stats = state.batch_stats
         student = []
-        for images in views:  # MLKD: two forward passes, each updating the running statistics
+        for v, images in enumerate(views):  # MLKD: two forward passes, each updating the running statistics
+            rngs = None if rng is None else {"dropout": jax.random.fold_in(rng, v) if v else rng}
             logits, updates = state.apply_fn(
                 {"params": params["student"], "batch_stats": batch_stats},
                 images,
                 train=True,
                 mutable=["batch_stats"],
+                rngs=rngs,
             )
             batch_stats = updates["batch_stats"]
             student.append(logits.astype(jnp.float32))
@@ -216,25 +225,89 @@ def student_update(settings: StepSettings, state: TrainState, hparams: LossHPara
     return new_state, metrics
 
 
+def step_key(key: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of training step ``step`` for a student whose key is ``key``: a pure function of
+    both, so a run resumed at ``step`` draws what the uninterrupted run drew."""
+    return jax.random.fold_in(key, step)
+
+
 def make_train_step(settings: StepSettings) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """``train_step(state, batch, rng) -> (state, metrics)``, pure; jit it (see zkd.parallel).
+    """``train_step(state, batch, key) -> (state, metrics)`` of one student with its teacher in
+    ``state`` (``zkd.state.create_train_state``); pure; jit it. The trainer uses the N-student
+    ``make_run_step``; this one is for users who keep a single ``TrainState``.
 
     ``batch``: {"image": [B, H, W, C], "label": int32 [B]}, or for MLKD
     {"image_weak", "image_strong", "label"}; optionally "teacher_logits" [B, K] (then the
-    teacher is not run). ``rng`` is unused by the built-in methods (no dropout) and kept for
-    methods and models that need randomness; callers fold in the step.
+    teacher is not run). ``key``: the student's key; the step number is folded in (``step_key``).
     Metrics: every loss term, "loss", "accuracy", "learning_rate", "grad_norm", "param_norm",
     "agreement" (student-teacher top-1), "logit_std_student" / "logit_std_teacher", and
     "ctkd_temperature" for CTKD.
     """
     s = settings
 
-    def train_step(state: TrainState, batch: dict, rng: jax.Array):
-        del rng
+    def train_step(state: TrainState, batch: dict, key: jax.Array):
         teacher = teacher_logits_of_batch(s, state.teacher_apply_fn, state.teacher_variables, batch)
-        return student_update(s, state, s.hparams(), batch, teacher)
+        return student_update(s, state, s.hparams(), batch, teacher, step_key(key, state.step))
 
     return train_step
+
+
+VECTORIZE = ("unroll", "vmap")
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, n: int) -> tuple:
+    return tuple(jax.tree.map(lambda x: x[i], tree) for i in range(n))
+
+
+def check_vectorize(vectorize: str) -> str:
+    if vectorize not in VECTORIZE:
+        raise ValueError(f"vectorize={vectorize!r}; valid: {', '.join(VECTORIZE)}")
+    return vectorize
+
+
+def make_run_step(settings: tuple[StepSettings, ...], vectorize: str = "unroll"):
+    """``run_step(state, batch) -> (state, metrics)`` for a ``RunState`` of N students.
+
+    ``settings``: one ``StepSettings`` per student (they may differ in their loss values and
+    in ``logit_stand``; method, epochs and schedule are shared). The teacher runs once on the
+    batch; then each student takes its optimizer step with its own key (``step_key``).
+    ``metrics``: a tuple of N dicts of float32 scalars (see ``make_train_step``).
+
+    ``vectorize``: "unroll" writes one update per student into the compiled step (each with its
+    hyper-parameters as constants: N = 1 is exactly a single student's step); "vmap" stacks the
+    students inside the step and batches their updates with ``jax.vmap`` (convolutions with
+    per-student weights then become grouped convolutions: slower on the CPU and GPU measured in
+    experiments/results/bench_sweep.md, hence not the default).
+    """
+    check_vectorize(vectorize)
+    settings = tuple(settings)
+    first = settings[0]
+    n = len(settings)
+    if vectorize == "vmap" and n > 1:
+        flags = {bool(s.logit_stand) for s in settings}
+        shared = dataclasses.replace(first, logit_stand=flags.pop() if len(flags) == 1 else None)
+        hparams = _stack([jax.tree.map(jnp.asarray, s.hparams()) for s in settings])
+
+    def run_step(state: RunState, batch: dict):
+        teacher = teacher_logits_of_batch(first, state.teacher_apply_fn, state.teacher_variables, batch)
+        keys = [step_key(k, s.step) for k, s in zip(state.keys, state.students)]
+        if vectorize == "vmap" and n > 1:
+            def update(student, hp, key):
+                return student_update(shared, student, hp, batch, teacher, key)
+
+            students, metrics = jax.vmap(update)(_stack(state.students), hparams, jnp.stack(keys))
+            students, metrics = _unstack(students, n), _unstack(metrics, n)
+        else:
+            outs = [student_update(s, student, s.hparams(), batch, teacher, key)
+                    for s, student, key in zip(settings, state.students, keys)]
+            students, metrics = tuple(o[0] for o in outs), tuple(o[1] for o in outs)
+        return state.replace(students=students), metrics
+
+    return run_step
 
 
 def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
@@ -263,4 +336,17 @@ def make_eval_step(apply_fn: Callable[..., Any]) -> Callable[[Any, dict], dict]:
         logits = apply_fn(variables, batch["image"], train=False)
         return eval_sums(logits, batch["label"], batch["mask"])
 
+    return eval_step
+
+
+def make_run_eval_step(apply_fn: Callable[..., Any], num_students: int, vectorize: str = "unroll"):
+    """``eval_step(variables, batch) -> tuple of N eval_sums`` for a tuple of N students'
+    ``{"params", "batch_stats"}``, unrolled or vmapped as in ``make_run_step``."""
+    one = make_eval_step(apply_fn)
+    if check_vectorize(vectorize) == "vmap" and num_students > 1:
+        def eval_step(variables, batch):
+            return _unstack(jax.vmap(one, in_axes=(0, None))(_stack(variables), batch), num_students)
+    else:
+        def eval_step(variables, batch):
+            return tuple(one(v, batch) for v in variables)
     return eval_step

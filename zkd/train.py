@@ -1,80 +1,54 @@
-"""The training loop: ``train_and_evaluate(config, workdir)``.
+"""The training loop, one for every run: a single run is a sweep of one student.
 
-Phases, in order: config checks and workdir -> mesh -> data -> models and teacher -> state and
-optimizer -> resume -> compiled steps -> teacher evaluation -> loop (train, evaluate every
-epoch, checkpoint) -> summary. Pure pieces live elsewhere (zkd.step, zkd.optim, zkd.losses);
-this module is the stateful shell.
+    train_and_evaluate(config, workdir) -> summary     one student (python -m zkd.main)
+    zkd.sweep.train_sweep(config, workdir) -> result   every grid point of config.sweep
+
+Both call ``fit``: build everything once (``zkd.engine.build``), then one loop. Phases, in
+order: workdir and writers -> resume from the latest checkpoint -> the teacher, evaluated once
+-> epochs of steps (metrics flushed every ``log_every_steps``, a non-finite value stops the run
+naming the step) -> exact evaluation of every student each epoch -> one checkpoint save per
+epoch -> summaries. Pure pieces live elsewhere (zkd.step, zkd.losses); this module owns the
+workdir, time and I/O.
+
+Workdir of a single run: ``config.json``, ``metrics.jsonl`` (kinds "train", "eval", "teacher"),
+``tensorboard/``, ``checkpoints/`` (zkd.checkpoint), ``summary.json``. A sweep's workdir has
+the same files for the sweep as a whole (its ``checkpoints/`` hold every student), and
+``students/<point>/`` per grid point with the single run's files (config.json is that point's
+single-run config) and a ``sweep_member.json`` that points at the sweep's checkpoints, plus
+``sweep.json`` / ``sweep.md`` ranking the points.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from zkd import checkpoint, data, models, optim, parallel, recipes
-from zkd import state as state_lib
-from zkd import step as step_lib
+from zkd import checkpoint, data, engine, grid, parallel, recipes
+from zkd.errors import ConfigError, NonFiniteError
 from zkd.metrics_io import MetricWriter, ProgressBar
-from zkd.teacher import load_teacher
+
+__all__ = ["train_and_evaluate", "fit", "prepare_workdir", "evaluate", "ConfigError", "NonFiniteError",
+           "DataError"]
+
+DataError = data.DataError  # labels outside the class range; damaged or mismatched records
 
 # Config fields a resumed run may change (they do not change what is computed).
 RESUMABLE_CHANGES = frozenset({
     "num_epochs", "log_every_steps", "progress_bar", "checkpoint_every_epochs", "data_dir",
     "num_devices", "teacher.checkpoint", "eval_batch_size",
 })
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Step metrics that are not loss terms; a non-finite report names the loss terms first.
+DIAGNOSTICS = ("loss", "grad_norm", "param_norm", "accuracy", "agreement", "learning_rate",
+               "logit_std_student", "logit_std_teacher", "ctkd_temperature")
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work, named with the valid choices."""
-
-
-# ----------------------------------------------------------------------------- config checks
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Fail before any work on values that cannot work, naming the field and the choices."""
-    if config.method not in step_lib.METHODS:
-        raise ConfigError(f"config.method={config.method!r}; valid: {', '.join(step_lib.METHODS)}")
-    if config.dataset not in data.DATASETS:
-        raise ConfigError(f"config.dataset={config.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}")
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"config.dtype={config.dtype!r}; valid: {', '.join(DTYPES)}")
-    for role in ("student", "teacher"):
-        if role == "teacher" and config.method == "ce":
-            continue
-        sub = config[role]
-        if sub.zoo not in models.ZOOS:
-            raise ConfigError(f"config.{role}.zoo={sub.zoo!r}; valid: {', '.join(models.ZOOS)}")
-        names = models.available(sub.zoo)
-        if sub.name not in names:
-            raise ConfigError(f"config.{role}.name={sub.name!r} is not a {sub.zoo} model; valid: {', '.join(names)}")
-    if config.loss.mlkd_mode not in ("released", "paper"):
-        raise ConfigError(f"config.loss.mlkd_mode={config.loss.mlkd_mode!r}; valid: released, paper")
-    if config.device_resident_data:
-        if config.method == "mlkd":
-            raise ConfigError("config.device_resident_data does not support MLKD (its strong view is a tf.data op)")
-        if not data.DATASETS[config.dataset].in_memory:
-            raise ConfigError(f"config.device_resident_data needs a small dataset, not {config.dataset!r}")
-    if config.teacher.get("logit_cache", ""):
-        why = ("MLKD's two views (its strong view is not a crop/flip)" if config.method == "mlkd" else
-               "a method without a teacher" if config.method == "ce" else
-               "device-resident data" if config.device_resident_data else
-               f"{config.dataset} (not an in-memory, crop/flip-augmented dataset)"
-               if not data.DATASETS[config.dataset].in_memory else "")
-        if why:
-            raise ConfigError(f"config.teacher.logit_cache cannot serve {why}; set it to ''")
-    for field in ("num_epochs", "batch_size", "eval_batch_size"):
-        if config[field] < 1:
-            raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
+# ----------------------------------------------------------------------------- workdir
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -116,76 +90,56 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, allow_confi
                 "--allow_config_change to resume it with the new config."
             )
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(config.to_json(indent=2) + "\n")
-        os.replace(tmp, path)
+        _write_json(path, current)
 
 
-# ----------------------------------------------------------------------------- helpers
+def _write_json(path: str, value) -> None:
+    """Write ``value`` as JSON through a temporary file and a rename (never half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
-def data_seed(config) -> int:
-    """The seed of the data order and augmentation: ``config.data_seed``, or ``config.seed`` when -1."""
-    seed = config.get("data_seed", -1)
-    return int(config.seed if seed < 0 else seed)
+# ----------------------------------------------------------------------------- evaluation
 
 
-def steps_per_epoch_of(config) -> int:
-    """Training steps per epoch: the split over the global batch, capped by ``config.steps_per_epoch``."""
-    steps = data.steps_per_epoch(config.dataset, config.batch_size)
-    return min(steps, config.steps_per_epoch) if config.steps_per_epoch > 0 else steps
+def evaluate(eval_step, variables, batches, mesh) -> tuple[list[dict], list[np.ndarray]]:
+    """Exact evaluation over the test split: every example counted once (padded rows masked).
 
-
-def make_optimizer(config, steps_per_epoch: int):
-    """``(learning_rate_fn, tx)``: the piecewise epoch schedule and PyTorch-style SGD of ``config.optimizer``."""
-    o = config.optimizer
-    lr_fn = optim.piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
-    return lr_fn, optim.torch_sgd(lr_fn, o.momentum, o.weight_decay)
-
-
-def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.StepSettings:
-    l = config.loss
-    return step_lib.StepSettings(
-        method=config.method, steps_per_epoch=steps_per_epoch, learning_rate_fn=learning_rate_fn,
-        logit_stand=bool(config.logit_stand), ce_weight=float(l.ce_weight), kd_weight=float(l.kd_weight),
-        temperature=float(l.temperature), dkd_alpha=float(l.dkd_alpha), dkd_beta=float(l.dkd_beta),
-        dkd_warmup_epochs=float(l.dkd_warmup_epochs), mlkd_mode=l.mlkd_mode,
-    )
-
-
-def training_stream(config, info, teacher_variables, start_step: int, two_views: bool) -> Iterator[dict]:
-    """This process's training batches from ``start_step`` (zkd.data), with the teacher's
-    logits from ``config.teacher.logit_cache`` when one is set (then the step skips the teacher).
-
-    The cache is opened only if its content hash matches this teacher's weights and this
-    training split (zkd.logit_cache.StaleCacheError otherwise, with the rebuild command).
+    ``eval_step`` gives one ``zkd.step.eval_sums`` (a model) or a tuple of them (N students).
+    Returns a list of metrics dicts (one per model) and of predictions [examples] (-1 on padded
+    rows), in the order of ``eval_step``'s outputs.
     """
-    kwargs = dict(global_batch_size=config.batch_size, seed=data_seed(config), start_step=start_step,
-                  two_views=two_views)
-    path = config.teacher.get("logit_cache", "")
-    if not path:
-        return data.train_batches(config.dataset, data_dir=config.data_dir or None, **kwargs)
-    from zkd import logit_cache
-    from zkd.data import pipeline
-
-    images, labels = data.load_arrays(info, config.data_dir or None, "train")
-    digest = logit_cache.content_hash(config.teacher.name, teacher_variables, images, labels, info)
-    command = logit_cache.build_command(path, config.teacher.checkpoint, config.teacher.name, config.dataset,
-                                        config.data_dir or None)
-    cache = logit_cache.TeacherLogitCache.open(path, digest, command)
-    stream = pipeline.in_memory_train_batches(info, images, labels, process_index=jax.process_index(),
-                                              process_count=jax.process_count(), augmentation_params=True, **kwargs)
-    return logit_cache.attach_teacher_logits(stream, cache)
-
-
-# Step metrics that are not loss terms; a non-finite report names the loss terms first.
-DIAGNOSTICS = ("loss", "grad_norm", "param_norm", "accuracy", "agreement", "learning_rate",
-               "logit_std_student", "logit_std_teacher", "ctkd_temperature")
+    sums: list[dict] = []
+    predictions: list[list] = []
+    for local in batches:
+        batch = parallel.global_batch(local, mesh)
+        out = parallel.to_host(eval_step(variables, batch))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        mask = parallel.to_host(batch["mask"])
+        if not sums:
+            sums, predictions = [{} for _ in outs], [[] for _ in outs]
+        for j, o in enumerate(outs):
+            o = dict(o)
+            predictions[j].append(np.where(mask, o.pop("predictions"), -1))
+            for k, v in o.items():
+                sums[j][k] = sums[j].get(k, 0.0) + float(v)
+    metrics = [{"top1": 100.0 * s["correct_top1"] / s["count"], "top5": 100.0 * s["correct_top5"] / s["count"],
+                "loss": s["loss"] / s["count"], "logit_std": s["logit_std"] / s["count"], "count": s["count"]}
+               for s in sums]
+    return metrics, [np.concatenate(p) for p in predictions]
 
 
-def _first_nonfinite(history: list[dict], first_step: int) -> Optional[str]:
-    """'step S: term=value, ...' for the first step with a NaN/Inf metric, loss terms first."""
+def agreement(student_predictions: np.ndarray, teacher_predictions: np.ndarray) -> float:
+    """Top-1 agreement in % over the real (unpadded) examples."""
+    valid = teacher_predictions >= 0
+    return float(100.0 * np.mean(student_predictions[valid] == teacher_predictions[valid]))
+
+
+def first_nonfinite(history: list[dict], first_step: int) -> Optional[str]:
+    """'non-finite values at step S: term=value, ...' for the first step with a NaN/Inf metric."""
     for i, metrics in enumerate(history):
         bad = [name for name, value in metrics.items() if not np.all(np.isfinite(value))]
         if bad:
@@ -195,259 +149,162 @@ def _first_nonfinite(history: list[dict], first_step: int) -> Optional[str]:
     return None
 
 
-# Labels outside the class range (check_labels); zkd.data raises its subclasses for damaged
-# records (DataCorruptError) and a directory of another dataset (DatasetMismatchError).
-DataError = data.DataError
-
-
-def check_labels(batch: dict, num_classes: int, step: int) -> dict:
-    """Host-side check of a batch's labels (cheap, before they reach the device)."""
-    labels = np.asarray(batch["label"])
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.size:
-        raise DataError(
-            f"training batch of step {step} has labels {sorted(set(bad.tolist()))[:5]} outside [0, {num_classes}): "
-            "the dataset does not match config.dataset's classes, or its records are corrupt; re-prepare it "
-            "(python -m zkd.data.prepare ...)"
-        )
-    return batch
-
-
-class NonFiniteError(FloatingPointError):
-    """A train step produced NaN/Inf; the run stops before writing anything from it."""
-
-
-def make_eval_source(config, info) -> Callable[[], Iterable[dict]]:
-    """A function returning this process's evaluation batches, in a fixed order.
-
-    Small (in-memory) datasets are decoded and normalized once and kept on the host, so the
-    per-epoch evaluation does not re-read the split; large ones are streamed every time.
-    """
-
-    def read():
-        batches = data.eval_batches(
-            config.dataset, data_dir=config.data_dir or None, split="test",
-            global_batch_size=config.eval_batch_size,
-        )
-        return itertools.islice(batches, config.max_eval_batches) if config.max_eval_batches >= 0 else batches
-
-    if not info.in_memory:
-        return read
-    cached = list(read())
-    return lambda: cached
-
-
-def evaluate(eval_step, variables, eval_source, mesh) -> tuple[dict, list[np.ndarray]]:
-    """Exact evaluation over the test split: every example counted once (padded rows masked).
-
-    Returns (metrics, predictions): floats, or lists of N floats for a stack of N students
-    (zkd.sweep); predictions per batch, [B] or [N, B], -1 on padded rows.
-    """
-    sums: dict[str, np.ndarray] = {}
-    predictions = []
-    for local in eval_source():
-        batch = parallel.global_batch(local, mesh)
-        out = parallel.to_host(eval_step(variables, batch))
-        mask = parallel.to_host(batch["mask"])
-        predictions.append(np.where(mask, out.pop("predictions"), -1))
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
-    n = sums["count"]
-    metrics = {
-        "top1": 100.0 * sums["correct_top1"] / n,
-        "top5": 100.0 * sums["correct_top5"] / n,
-        "loss": sums["loss"] / n,
-        "logit_std": sums["logit_std"] / n,
-        "count": n,
-    }
-    return {k: np.asarray(v).tolist() for k, v in metrics.items()}, predictions
-
-
-def _agreement(student_preds, teacher_preds):
-    """Top-1 agreement in %: a float, or a list per student for predictions [N, B]."""
-    s, t = np.concatenate(student_preds, axis=-1), np.concatenate(teacher_preds, axis=-1)
-    valid = t >= 0
-    return (100.0 * np.mean(s[..., valid] == t[valid], axis=-1)).tolist()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> dict:
     """Train the configured student (with its frozen teacher), evaluating every epoch.
 
-    Resumes from the latest complete checkpoint in ``workdir``. Writes ``config.json``,
-    ``metrics.jsonl`` (kinds "train", "eval", "teacher"), TensorBoard events, checkpoints and a
-    final ``summary.json``, which is also returned.
+    Resumes from the latest complete checkpoint in ``workdir``; returns (and writes)
+    ``summary.json``. A config whose ``sweep`` sets an axis is refused: see zkd.sweep.
+    """
+    engine.validate_config(config)
+    return fit(config, workdir, grid.single_point(config), allow_config_change)["students"][0]
+
+
+def _fresh_meta(n: int) -> dict:
+    nan = float("nan")
+    return {"epoch": 0, "train_seconds": 0.0, "train_images": 0,
+            "students": [{"best_top1": -1.0, "best_epoch": 0, "last_top1": nan, "last_top5": nan, "agreement": nan}
+                         for _ in range(n)]}
+
+
+def _summary(config, meta: dict, j: int, wall_start: float) -> dict:
+    s = meta["students"][j]
+    summary = {
+        "run": recipes.run_name(config), "best_top1": s["best_top1"], "best_epoch": s["best_epoch"],
+        "last_top1": s["last_top1"], "last_top5": s["last_top5"], "agreement": s["agreement"],
+        "epochs": meta["epoch"], "train_seconds": meta["train_seconds"],
+        "images_per_second": meta["train_images"] / max(meta["train_seconds"], 1e-9),
+        "wall_seconds_this_start": time.time() - wall_start,
+        "paper_top1": config.paper_top1.logit_stand if config.logit_stand else config.paper_top1.baseline,
+    }
+    if len(meta["students"]) > 1:
+        summary["trained_in_sweep_of"] = len(meta["students"])
+    return summary
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_config_change: bool = False,
+        run: Optional[engine.Run] = None) -> dict:
+    """Train the students ``points`` (zkd.grid) of ``config`` in ``workdir``: build once, loop once.
+
+    One point is a single run (its files in ``workdir``); several are a sweep (see the module
+    docstring). Returns ``{"students": [summary of each point], "dirs": [its directory]}``.
+    ``run``: an already built ``zkd.engine.Run`` of these points (default: built here).
     """
     wall_start = time.time()
-    # --- config and workdir
-    validate_config(config)
-    if recipes.swept_axes(config):
-        raise ConfigError(f"config.sweep sets {', '.join(recipes.swept_axes(config))}: a grid trains with "
-                          "zkd.sweep.train_sweep (the zkd command chooses it); clear config.sweep for one run")
-    info = data.get_info(config.dataset)
-    mesh = parallel.make_mesh(None if config.num_devices < 0 else config.num_devices)
-    parallel.check_batch_size(config.batch_size, mesh, "batch_size")
-    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    sweep = len(points) > 1 or bool(points[0].name)
+    run = run or engine.build(config, points)
+    n, spe = run.num_students, run.steps_per_epoch
+
+    # --- workdir, writers
     prepare_workdir(config, workdir, allow_config_change)
-    writer = MetricWriter(workdir)
-    dtype = DTYPES[config.dtype]
-
-    # --- models
-    student = models.build(config.student.name, info.num_classes, zoo=config.student.zoo, dtype=dtype)
-    settings_needs_teacher = config.method != "ce"
-    teacher, teacher_variables = (None, None)
-    if settings_needs_teacher:
-        teacher, teacher_variables = load_teacher(config.teacher, info.num_classes, info.image_shape, dtype)
-
-    # --- optimizer and state
-    steps_per_epoch = steps_per_epoch_of(config)
-    total_steps = steps_per_epoch * config.num_epochs
-    lr_fn, tx = make_optimizer(config, steps_per_epoch)
-    rng = jax.random.key(config.seed)
-    init_rng, train_rng = jax.random.split(rng)
-    state = state_lib.create_train_state(
-        init_rng, student, info.image_shape, tx, teacher, teacher_variables, ctkd=config.method == "ctkd"
-    )
+    dirs = [os.path.join(workdir, "students", p.name) for p in points] if sweep else [workdir]
+    if sweep:
+        for j, (p, d) in enumerate(zip(points, dirs)):
+            prepare_workdir(p.config, d, allow_config_change)
+            if jax.process_index() == 0:
+                checkpoint.write_sweep_member(d, workdir, j, p.name)
+        print(f"zkd sweep: {n} students ({', '.join(p.name for p in points)})", flush=True)
+    writers = [MetricWriter(d) for d in dirs]
+    all_writers = [MetricWriter(workdir), *writers] if sweep else writers
 
     # --- resume
-    ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=config.checkpoint_every_epochs * steps_per_epoch)
-    meta = {"epoch": 0, "best_top1": -1.0, "best_epoch": 0, "train_seconds": 0.0, "train_images": 0}
-    restored = ckpts.restore_latest(state_lib.checkpointable(state))
+    ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=config.checkpoint_every_epochs * spe)
+    meta, state = _fresh_meta(n), run.state
+    restored = ckpts.restore_latest(run.checkpointable(state))
     if restored is not None:
-        saved_state, meta = restored
-        state = state_lib.restore_checkpointable(state, saved_state)
-        if int(state.step) != meta["epoch"] * steps_per_epoch:
-            raise ConfigError(
-                f"checkpoint step {int(state.step)} does not match epoch {meta['epoch']} x "
-                f"{steps_per_epoch} steps per epoch: the batch size or steps_per_epoch changed"
-            )
-    # Records written after the checkpoint we resume from (a run killed mid-epoch) are redone.
-    writer.truncate_after(meta["epoch"] * steps_per_epoch)
-    state = parallel.replicate(state, mesh)
+        saved, meta = restored
+        state = run.restore(state, saved)
+        if int(state.step) != meta["epoch"] * spe:
+            raise ConfigError(f"checkpoint step {int(state.step)} does not match epoch {meta['epoch']} x "
+                              f"{spe} steps per epoch: the batch size or steps_per_epoch changed")
+    for w in all_writers:  # records written after that checkpoint (a run killed mid-epoch) are redone
+        w.truncate_after(meta["epoch"] * spe)
     start_epoch = meta["epoch"]
 
-    # --- compiled steps
-    settings = step_settings(config, steps_per_epoch, lr_fn)
-    train_step = step_lib.make_train_step(settings)
-    if config.device_resident_data:
-        train_step, device_data = _device_resident(train_step, config, info, mesh)
-    p_train_step = parallel.jit_train_step(train_step, mesh, batch_replicated=config.device_resident_data)
-    p_eval_step = parallel.jit_eval_step(step_lib.make_eval_step(student.apply), mesh)
-    train_rng = parallel.replicate(train_rng, mesh)
-    eval_source = make_eval_source(config, info)
-
-    # --- teacher, measured once
-    teacher_preds = None
-    if teacher is not None and start_epoch < config.num_epochs:
-        t_eval = parallel.jit_eval_step(step_lib.make_eval_step(teacher.apply), mesh)
-        t_metrics, teacher_preds = evaluate(t_eval, state.teacher_variables, eval_source, mesh)
+    # --- the teacher, measured once
+    teacher_predictions = None
+    if run.teacher_eval_step is not None and start_epoch < config.num_epochs:
+        (t_metrics,), (teacher_predictions,) = evaluate(run.teacher_eval_step, state.teacher_variables,
+                                                        run.eval_batches(), run.mesh)
         if start_epoch == 0:  # a resumed run logged it at its first start
-            writer.write(0, "teacher", t_metrics)
+            for w in all_writers:
+                w.write(0, "teacher", t_metrics)
         print(f"teacher {config.teacher.name}: top-1 {t_metrics['top1']:.2f}%  top-5 {t_metrics['top5']:.2f}%  "
               f"logit std {t_metrics['logit_std']:.3f}  ({int(t_metrics['count'])} test images)", flush=True)
 
-    # --- loop
-    batches = None
-    if not config.device_resident_data:
-        batches = training_stream(config, info, teacher_variables, start_epoch * steps_per_epoch, settings.two_views)
-    bar = ProgressBar(total_steps, config.batch_size, enabled=config.progress_bar)
+    # --- the loop
+    batches = run.train_batches(start_epoch * spe)
+    bar = ProgressBar(run.total_steps, config.batch_size, enabled=config.progress_bar)
     for epoch in range(start_epoch, config.num_epochs):
         epoch_start = time.perf_counter()
-        history: list[dict] = []
-        epoch_sums: dict[str, float] = {}
-        first_step = epoch * steps_per_epoch
-        for i in range(steps_per_epoch):
-            step = first_step + i
-            if batches is not None:
-                batch = parallel.global_batch(check_labels(next(batches), info.num_classes, step), mesh)
-            else:
-                batch = device_data
-            state, metrics = p_train_step(state, batch, train_rng)
+        history: list = []
+        epoch_sums: list[dict] = [{} for _ in range(n)]
+        for i in range(spe):
+            step = epoch * spe + i
+            state, metrics = run.train_step(state, next(batches))
             history.append(metrics)
-            if (i + 1) % config.log_every_steps == 0 or i + 1 == steps_per_epoch:
-                _flush_train_metrics(history, step - len(history) + 1, writer, epoch_sums)
+            if (i + 1) % config.log_every_steps == 0 or i + 1 == spe:
+                _flush_train_metrics(history, step - len(history) + 1, points, writers, epoch_sums, sweep)
                 history = []
             bar.update(step + 1, epoch + 1)
         jax.block_until_ready(state)
         epoch_seconds = time.perf_counter() - epoch_start
         meta["train_seconds"] += epoch_seconds
-        meta["train_images"] += steps_per_epoch * config.batch_size
+        meta["train_images"] += spe * config.batch_size
 
-        # --- evaluation
-        variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
-        eval_metrics, student_preds = evaluate(p_eval_step, variables, eval_source, mesh)
-        if teacher_preds is not None:
-            eval_metrics["agreement"] = _agreement(student_preds, teacher_preds)
-        for k, v in epoch_sums.items():
-            if k.startswith("logit_std"):
-                eval_metrics[f"train_{k}"] = v / steps_per_epoch
-        eval_metrics["images_per_second"] = steps_per_epoch * config.batch_size / epoch_seconds
-        eval_metrics["epoch"] = epoch + 1
-        step_now = (epoch + 1) * steps_per_epoch
-        writer.write(step_now, "eval", eval_metrics)
-        is_best = eval_metrics["top1"] > meta["best_top1"]
-        if is_best:
-            meta["best_top1"], meta["best_epoch"] = eval_metrics["top1"], epoch + 1
+        # --- evaluation of every student
+        results, predictions = evaluate(run.eval_step, run.student_variables(state), run.eval_batches(), run.mesh)
+        step_now = (epoch + 1) * spe
+        for j, (record, m) in enumerate(zip(results, meta["students"])):
+            if teacher_predictions is not None:
+                record["agreement"] = agreement(predictions[j], teacher_predictions)
+            record.update({f"train_{k}": v / spe for k, v in epoch_sums[j].items() if k.startswith("logit_std")})
+            record["images_per_second"] = spe * config.batch_size / epoch_seconds
+            record["epoch"] = epoch + 1
+            writers[j].write(step_now, "eval", record)
+            if record["top1"] > m["best_top1"]:
+                m["best_top1"], m["best_epoch"] = record["top1"], epoch + 1
+            m["last_top1"], m["last_top5"] = record["top1"], record["top5"]
+            m["agreement"] = record.get("agreement", float("nan"))
         meta["epoch"] = epoch + 1
-        meta["last_top1"], meta["last_top5"] = eval_metrics["top1"], eval_metrics["top5"]
-        meta["agreement"] = eval_metrics.get("agreement", float("nan"))
-        ckpts.save(step_now, state_lib.checkpointable(state), dict(meta), is_best)
+        ckpts.save(step_now, run.checkpointable(state), json.loads(json.dumps(meta)), [r["top1"] for r in results])
         if not bar.enabled:
-            print(f"epoch {epoch + 1}/{config.num_epochs}: test top-1 {eval_metrics['top1']:.2f}% "
-                  f"(best {meta['best_top1']:.2f}%), {eval_metrics['images_per_second']:.0f} img/s", flush=True)
+            best = max(range(n), key=lambda j: results[j]["top1"])
+            who = f"best student {points[best].name} " if sweep else "test top-1 "
+            print(f"epoch {epoch + 1}/{config.num_epochs}: {who}{results[best]['top1']:.2f}% "
+                  f"(best {meta['students'][best]['best_top1']:.2f}%), "
+                  f"{spe * config.batch_size / epoch_seconds:.0f} img/s", flush=True)
     bar.close()
     ckpts.wait()
     ckpts.close()
-    writer.close()
+    for w in all_writers:
+        w.close()
 
-    summary = {
-        "run": recipes.run_name(config),
-        "best_top1": meta["best_top1"],
-        "best_epoch": meta["best_epoch"],
-        "last_top1": meta.get("last_top1", float("nan")),
-        "last_top5": meta.get("last_top5", float("nan")),
-        "agreement": meta.get("agreement", float("nan")),
-        "epochs": meta["epoch"],
-        "train_seconds": meta["train_seconds"],
-        "images_per_second": meta["train_images"] / max(meta["train_seconds"], 1e-9),
-        "wall_seconds_this_start": time.time() - wall_start,
-        "paper_top1": config.paper_top1.logit_stand if config.logit_stand else config.paper_top1.baseline,
-    }
+    summaries = [_summary(p.config, meta, j, wall_start) for j, p in enumerate(points)]
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+        for d, s in zip(dirs, summaries):
+            _write_json(os.path.join(d, "summary.json"), s)
+    return {"students": summaries, "dirs": dirs, "meta": meta}
 
 
-def _flush_train_metrics(history: list[dict], first_step: int, writer: MetricWriter, epoch_sums: dict) -> None:
-    """Fetch buffered step metrics, stop on the first non-finite value, log their mean."""
+def _flush_train_metrics(history: list, first_step: int, points: list, writers: list, epoch_sums: list,
+                         sweep: bool) -> None:
+    """Fetch buffered step metrics (a tuple of one dict per student each), stop on the first
+    non-finite value naming the step (and the student in a sweep), log each student's mean."""
     host = parallel.to_host(history)
-    problem = _first_nonfinite(host, first_step)
-    if problem:
-        raise NonFiniteError(
-            f"{problem}: stopping before any checkpoint of it is written. Lower the learning rate, "
-            "check the input data, or the loss weights."
-        )
-    mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    writer.write(first_step + len(host), "train", mean)
-    for k in host[0]:
-        epoch_sums[k] = epoch_sums.get(k, 0.0) + float(np.sum([m[k] for m in host]))
-
-
-def _device_resident(train_step, config, info, mesh):
-    """Wrap ``train_step`` so it gathers and augments its batch from device-resident uint8 arrays."""
-    images, labels = data.load_arrays(config.dataset, config.data_dir or None, "train")
-    device_data = parallel.replicate({"images": images, "labels": labels}, mesh)
-    sharding = parallel.batch_sharded(mesh)
-
-    def step_from_device_data(state, arrays, rng):
-        batch = data.device_train_batch(
-            data_seed(config), state.step, arrays["images"], arrays["labels"],
-            dataset=info.name, global_batch_size=config.batch_size,
-        )
-        batch = jax.lax.with_sharding_constraint(batch, sharding)
-        return train_step(state, batch, rng)
-
-    return step_from_device_data, device_data
+    for j, point in enumerate(points):
+        problem = first_nonfinite([m[j] for m in host], first_step)
+        if problem and sweep:
+            raise NonFiniteError(f"student {point.name}: {problem}: stopping the sweep before any checkpoint of "
+                                 "it is written. Drop this grid point, lower the learning rate, or check the "
+                                 "input data.")
+        if problem:
+            raise NonFiniteError(f"{problem}: stopping before any checkpoint of it is written. Lower the learning "
+                                 "rate, check the input data, or the loss weights.")
+    for j, writer in enumerate(writers):
+        rows = [m[j] for m in host]
+        writer.write(first_step + len(rows), "train", {k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
+        for k in rows[0]:
+            epoch_sums[j][k] = epoch_sums[j].get(k, 0.0) + float(np.sum([r[k] for r in rows]))

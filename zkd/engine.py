@@ -1,0 +1,297 @@
+"""The build phase: a config in, everything a run needs out, built once.
+
+``build(config)`` checks the config, then makes the mesh, the student and the frozen teacher,
+the optimizer and its schedule, the state of N >= 1 students (a single run is one; a sweep is
+one per grid point, zkd.grid), the compiled train and eval steps, and the data streams. The
+trainer's loop (zkd.train) runs what it returns; so do the benchmarks, the studies and the tests
+that need a step, so none of them rebuilds it by hand.
+
+Nothing here writes to disk or keeps time: that is the loop's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from zkd import data, grid, models, optim, parallel, recipes
+from zkd import state as state_lib
+from zkd import step as step_lib
+from zkd.errors import ConfigError
+from zkd.teacher import load_teacher
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ----------------------------------------------------------------------------- config pieces
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Fail before any work on values that cannot work, naming the field and the choices."""
+    if config.method not in step_lib.METHODS:
+        raise ConfigError(f"config.method={config.method!r}; valid: {', '.join(step_lib.METHODS)}")
+    if config.dataset not in data.DATASETS:
+        raise ConfigError(f"config.dataset={config.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"config.dtype={config.dtype!r}; valid: {', '.join(DTYPES)}")
+    for role in ("student", "teacher"):
+        if role == "teacher" and config.method == "ce":
+            continue
+        sub = config[role]
+        if sub.zoo not in models.ZOOS:
+            raise ConfigError(f"config.{role}.zoo={sub.zoo!r}; valid: {', '.join(models.ZOOS)}")
+        names = models.available(sub.zoo)
+        if sub.name not in names:
+            raise ConfigError(f"config.{role}.name={sub.name!r} is not a {sub.zoo} model; valid: {', '.join(names)}")
+    if config.loss.mlkd_mode not in ("released", "paper"):
+        raise ConfigError(f"config.loss.mlkd_mode={config.loss.mlkd_mode!r}; valid: released, paper")
+    if config.sweep.vectorize not in step_lib.VECTORIZE:
+        raise ConfigError(f"config.sweep.vectorize={config.sweep.vectorize!r}; valid: {', '.join(step_lib.VECTORIZE)}")
+    if config.device_resident_data:
+        if config.method == "mlkd":
+            raise ConfigError("config.device_resident_data does not support MLKD (its strong view is a tf.data op)")
+        if not data.DATASETS[config.dataset].in_memory:
+            raise ConfigError(f"config.device_resident_data needs a small dataset, not {config.dataset!r}")
+    if config.teacher.get("logit_cache", ""):
+        why = ("MLKD's two views (its strong view is not a crop/flip)" if config.method == "mlkd" else
+               "a method without a teacher" if config.method == "ce" else
+               "device-resident data" if config.device_resident_data else
+               f"{config.dataset} (not an in-memory, crop/flip-augmented dataset)"
+               if not data.DATASETS[config.dataset].in_memory else "")
+        if why:
+            raise ConfigError(f"config.teacher.logit_cache cannot serve {why}; set it to ''")
+    for field in ("num_epochs", "batch_size", "eval_batch_size"):
+        if config[field] < 1:
+            raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
+
+
+def steps_per_epoch_of(config, info: Optional[data.DatasetInfo] = None) -> int:
+    """Training steps per epoch: the split over the global batch, capped by ``config.steps_per_epoch``."""
+    try:
+        steps = data.steps_per_epoch(config.dataset if info is None else info, config.batch_size)
+    except ValueError as err:
+        raise ConfigError(f"config.batch_size: {err}") from err
+    return min(steps, config.steps_per_epoch) if config.steps_per_epoch > 0 else steps
+
+
+def make_optimizer(config, steps_per_epoch: int):
+    """``(learning_rate_fn, tx)``: the per-epoch schedule and PyTorch-style SGD of ``config.optimizer``."""
+    o = config.optimizer
+    lr_fn = optim.piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
+    return lr_fn, optim.torch_sgd(lr_fn, o.momentum, o.weight_decay)
+
+
+def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.StepSettings:
+    """The static settings of one student's step, from its (single-run) config."""
+    l = config.loss
+    return step_lib.StepSettings(
+        method=config.method, steps_per_epoch=steps_per_epoch, learning_rate_fn=learning_rate_fn,
+        logit_stand=bool(config.logit_stand), ce_weight=float(l.ce_weight), kd_weight=float(l.kd_weight),
+        temperature=float(l.temperature), dkd_alpha=float(l.dkd_alpha), dkd_beta=float(l.dkd_beta),
+        dkd_warmup_epochs=float(l.dkd_warmup_epochs), mlkd_mode=l.mlkd_mode,
+    )
+
+
+def check_labels(batch: dict, num_classes: int, step: int) -> dict:
+    """Host-side check of a batch's labels (cheap, before they reach the device)."""
+    labels = np.asarray(batch["label"])
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise data.DataError(
+            f"training batch of step {step} has labels {sorted(set(bad.tolist()))[:5]} outside [0, {num_classes}): "
+            "the dataset does not match config.dataset's classes, or its records are corrupt; re-prepare it "
+            "(python -m zkd.data.prepare ...)"
+        )
+    return batch
+
+
+# ----------------------------------------------------------------------------- the built run
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run needs, built by ``build``; the loop (zkd.train) only runs it.
+
+    ``state`` is a ``zkd.state.RunState`` on the mesh (replicated); ``train_step(state, batch)
+    -> (state, metrics)`` is compiled with the state donated, metrics a tuple of N dicts of
+    scalars; ``eval_step(variables, batch)`` gives a tuple of N ``zkd.step.eval_sums``;
+    ``teacher_eval_step`` the teacher's (None without a teacher).
+    """
+
+    config: ml_collections.ConfigDict
+    points: list
+    info: Any
+    mesh: Mesh
+    student: Any
+    teacher: Any
+    teacher_variables: Any
+    steps_per_epoch: int
+    learning_rate_fn: Callable
+    tx: Any
+    settings: tuple
+    state: state_lib.RunState
+    train_step: Callable
+    eval_step: Callable
+    teacher_eval_step: Optional[Callable]
+    device_data: Any = None
+    _eval_cache: Optional[list] = None
+
+    @property
+    def num_students(self) -> int:
+        return len(self.points)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.num_epochs
+
+    def train_batches(self, start_step: int) -> Iterator[dict]:
+        """Global training batches from ``start_step`` on, ready for ``train_step`` (labels
+        checked; the teacher's logits attached when ``config.teacher.logit_cache`` is set;
+        the device-resident arrays, which the step gathers from, for device-resident data)."""
+        if self.device_data is not None:
+            return itertools.repeat(self.device_data)
+        local = _local_train_stream(self.config, self.info, self.teacher_variables, start_step,
+                                    self.settings[0].two_views)
+        return (parallel.global_batch(check_labels(b, self.info.num_classes, step), self.mesh)
+                for step, b in enumerate(local, start_step))
+
+    def eval_batches(self) -> Iterable[dict]:
+        """This process's evaluation batches (host numpy, with "mask"), in a fixed order. Small
+        (in-memory) datasets are decoded and normalized once and kept; large ones streamed."""
+        if self._eval_cache is not None:
+            return self._eval_cache
+        c = self.config
+        batches = data.eval_batches(c.dataset, data_dir=c.data_dir or None, split="test",
+                                    global_batch_size=c.eval_batch_size)
+        if c.max_eval_batches >= 0:
+            batches = itertools.islice(batches, c.max_eval_batches)
+        if not self.info.in_memory:
+            return batches
+        self._eval_cache = list(batches)
+        return self._eval_cache
+
+    @staticmethod
+    def student_variables(state: state_lib.RunState) -> tuple:
+        """Each student's ``{"params", "batch_stats"}``, as the eval step takes them."""
+        return tuple({"params": s.params["student"], "batch_stats": s.batch_stats} for s in state.students)
+
+    @staticmethod
+    def checkpointable(state: state_lib.RunState) -> dict:
+        """What a checkpoint holds: every student's step, parameters, statistics and optimizer
+        state; never the teacher (reloaded from the config) nor the keys (derived from seeds)."""
+        return {"students": [state_lib.checkpointable(s) for s in state.students]}
+
+    @staticmethod
+    def restore(state: state_lib.RunState, saved: dict) -> state_lib.RunState:
+        return state.replace(students=tuple(state_lib.restore_checkpointable(s, r)
+                                            for s, r in zip(state.students, saved["students"])))
+
+
+def _local_train_stream(config, info, teacher_variables, start_step: int, two_views: bool) -> Iterator[dict]:
+    """This process's training batches from ``start_step`` (zkd.data), with the teacher's
+    logits from ``config.teacher.logit_cache`` when one is set (then the step skips the teacher).
+
+    The cache is opened only if its content hash matches this teacher's weights and this
+    training split (zkd.logit_cache.StaleCacheError otherwise, with the rebuild command).
+    """
+    kwargs = dict(global_batch_size=config.batch_size, seed=recipes.data_seed(config), start_step=start_step,
+                  two_views=two_views)
+    path = config.teacher.get("logit_cache", "")
+    if not path:
+        return data.train_batches(config.dataset, data_dir=config.data_dir or None, **kwargs)
+    from zkd import logit_cache
+    from zkd.data import pipeline
+
+    images, labels = data.load_arrays(info, config.data_dir or None, "train")
+    digest = logit_cache.content_hash(config.teacher.name, teacher_variables, images, labels, info)
+    command = logit_cache.build_command(path, config.teacher.checkpoint, config.teacher.name, config.dataset,
+                                        config.data_dir or None)
+    cache = logit_cache.TeacherLogitCache.open(path, digest, command)
+    stream = pipeline.in_memory_train_batches(info, images, labels, process_index=jax.process_index(),
+                                              process_count=jax.process_count(), augmentation_params=True, **kwargs)
+    return logit_cache.attach_teacher_logits(stream, cache)
+
+
+def _device_resident(run_step, config, info, mesh):
+    """Wrap ``run_step`` so it gathers and augments its batch from device-resident uint8 arrays."""
+    images, labels = data.load_arrays(config.dataset, config.data_dir or None, "train")
+    device_data = parallel.replicate({"images": images, "labels": labels}, mesh)
+    sharding = parallel.batch_sharded(mesh)
+    seed = recipes.data_seed(config)
+
+    def step_from_device_data(state, arrays):
+        batch = data.device_train_batch(seed, state.step, arrays["images"], arrays["labels"],
+                                        dataset=info.name, global_batch_size=config.batch_size)
+        return run_step(state, jax.lax.with_sharding_constraint(batch, sharding))
+
+    return step_from_device_data, device_data
+
+
+def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
+          teacher: Optional[tuple] = None, mesh: Optional[Mesh] = None, info: Optional[data.DatasetInfo] = None) -> Run:
+    """Build the run ``config`` describes.
+
+    Args:
+      config: a finalized config (configs/*.py, zkd.recipes).
+      points: the students (zkd.grid.GridPoint); default ``zkd.grid.points_of(config)``: the
+        grid of ``config.sweep``, or the single run's one point.
+      teacher: ``(module, variables)`` to use instead of loading ``config.teacher.checkpoint``
+        (e.g. a randomly initialised teacher in a benchmark); never updated nor checkpointed.
+      mesh: default ``zkd.parallel.make_mesh`` over ``config.num_devices``.
+      info: the dataset's ``zkd.data.DatasetInfo`` (classes, image shape, sizes); default
+        ``config.dataset``'s. A benchmark or test may shrink it; nothing is read until a stream is.
+
+    Raises ConfigError (and the data / teacher errors of zkd.errors) naming what cannot work.
+    """
+    validate_config(config)
+    points = grid.points_of(config) if points is None else list(points)
+    info = data.get_info(config.dataset) if info is None else info
+    if mesh is None:
+        try:
+            mesh = parallel.make_mesh(None if config.num_devices < 0 else config.num_devices)
+        except ValueError as err:
+            raise ConfigError(f"config.num_devices: {err}") from err
+    for field in ("batch_size", "eval_batch_size"):
+        try:
+            parallel.check_batch_size(config[field], mesh, field)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+    dtype = DTYPES[config.dtype]
+
+    student = models.build(config.student.name, info.num_classes, zoo=config.student.zoo, dtype=dtype)
+    teacher_model, teacher_variables = None, None
+    if config.method != "ce":
+        teacher_model, teacher_variables = teacher if teacher is not None else load_teacher(
+            config.teacher, info.num_classes, info.image_shape, dtype)
+
+    steps_per_epoch = steps_per_epoch_of(config, info)
+    lr_fn, tx = make_optimizer(config, steps_per_epoch)
+    students, keys = [], []
+    for p in points:
+        init_key, train_key = jax.random.split(jax.random.key(p.config.seed))
+        students.append(state_lib.create_train_state(init_key, student, info.image_shape, tx,
+                                                     ctkd=config.method == "ctkd"))
+        keys.append(train_key)
+    state = state_lib.RunState(tuple(students), tuple(keys), teacher_variables,
+                               None if teacher_model is None else teacher_model.apply)
+    state = parallel.replicate(state, mesh)
+
+    settings = tuple(step_settings(p.config, steps_per_epoch, lr_fn) for p in points)
+    vectorize = config.sweep.vectorize
+    run_step = step_lib.make_run_step(settings, vectorize)
+    device_data = None
+    if config.device_resident_data:
+        run_step, device_data = _device_resident(run_step, config, info, mesh)
+    train_step = parallel.jit_train_step(run_step, mesh, batch_replicated=device_data is not None)
+    eval_step = parallel.jit_eval_step(step_lib.make_run_eval_step(student.apply, len(points), vectorize), mesh)
+    teacher_eval = None if teacher_model is None else parallel.jit_eval_step(
+        step_lib.make_eval_step(teacher_model.apply), mesh)
+    return Run(config, points, info, mesh, student, teacher_model, teacher_variables, steps_per_epoch, lr_fn, tx,
+               settings, state, train_step, eval_step, teacher_eval, device_data)

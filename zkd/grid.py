@@ -1,0 +1,124 @@
+"""A run's students: the grid points of ``config.sweep`` (or the one point of a single run).
+
+A sweep trains every point of the Cartesian product of its non-empty axes (temperature,
+kd_weight, ce_weight, dkd_alpha, dkd_beta, logit_stand, seed) in one run; each point is the
+single run whose config is ``point.config`` (the sweep's data order, ``data_seed``, is shared).
+A single run is the grid of one point, named "" (``single_point``). zkd.train trains both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from zkd import recipes
+from zkd.errors import ConfigError
+
+# Which axes change what each method computes (an axis a method ignores is refused).
+AXES_OF_METHOD = {
+    "ce": ("ce_weight", "seed"),
+    "kd": ("temperature", "kd_weight", "ce_weight", "logit_stand", "seed"),
+    "dkd": ("temperature", "ce_weight", "dkd_alpha", "dkd_beta", "logit_stand", "seed"),
+    "mlkd": ("temperature", "kd_weight", "ce_weight", "logit_stand", "seed"),
+    "ctkd": ("kd_weight", "ce_weight", "logit_stand", "seed"),
+}
+LABELS = {"temperature": "T", "kd_weight": "kd", "ce_weight": "ce", "dkd_alpha": "alpha", "dkd_beta": "beta",
+          "logit_stand": "ls", "seed": "seed"}
+LOSS_FIELDS = ("temperature", "kd_weight", "ce_weight", "dkd_alpha", "dkd_beta")
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+    """One student: ``values`` of the swept axes, and the equivalent single-run config."""
+
+    name: str
+    values: dict
+    config: ml_collections.ConfigDict
+
+
+def single_point(config: ml_collections.ConfigDict) -> list[GridPoint]:
+    """A single run as a grid of one point (refused when ``config.sweep`` sets an axis)."""
+    if recipes.swept_axes(config):
+        raise ConfigError(f"config.sweep sets {', '.join(recipes.swept_axes(config))}: a grid trains with "
+                          "zkd.sweep.train_sweep (the zkd command chooses it); clear config.sweep for one run")
+    return [GridPoint("", {}, config)]
+
+
+def checked_value(axis: str, value: Any):
+    """``value`` of sweep axis ``axis`` as its type (bool, int or float); ConfigError if invalid."""
+    if axis == "logit_stand":
+        if value not in (0, 1, True, False):
+            raise ConfigError(f"config.sweep.logit_stand values must be 0/1 or booleans, got {value!r}")
+        return bool(value)
+    if axis == "seed":
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ConfigError(f"config.sweep.seed values must be integers >= 0, got {value!r}")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ConfigError(f"config.sweep.{axis} values must be finite numbers, got {value!r}")
+    if axis == "temperature" and value <= 0:
+        raise ConfigError(f"config.sweep.temperature values must be > 0, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"config.sweep.{axis} values must be >= 0, got {value!r}")
+    return float(value)
+
+
+def fmt(value) -> str:
+    return str(int(value)) if isinstance(value, bool) else f"{value:g}"
+
+
+def grid_points(config: ml_collections.ConfigDict) -> list[GridPoint]:
+    """The Cartesian product of the swept axes, in axis order (the last axis varies fastest).
+
+    Raises ConfigError for an axis the method ignores, a bad value, or a repeated value.
+    """
+    axes = recipes.swept_axes(config)
+    if not axes:
+        raise ConfigError("config.sweep has no non-empty axis: nothing to sweep (train a single run)")
+    allowed = AXES_OF_METHOD[config.method]
+    for axis, values in axes.items():
+        if axis not in allowed:
+            raise ConfigError(
+                f"config.sweep.{axis} has no effect on method {config.method!r}; it sweeps {', '.join(allowed)}")
+        checked = [checked_value(axis, v) for v in values]
+        if len(set(checked)) != len(checked):
+            raise ConfigError(f"config.sweep.{axis}={values!r} repeats a value")
+    seed_of_data = recipes.data_seed(config)
+    points = []
+    for combo in itertools.product(*axes.values()):
+        values = {axis: checked_value(axis, v) for axis, v in zip(axes, combo)}
+        c = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+        for axis in axes:
+            c.sweep[axis] = ()
+        c.data_seed = seed_of_data
+        for axis, v in values.items():
+            if axis in LOSS_FIELDS:
+                c.loss[axis] = v
+            else:
+                c[axis] = v
+        name = "_".join(f"{LABELS[axis]}{fmt(v)}" for axis, v in values.items())
+        points.append(GridPoint(name, values, recipes.finalize(c)))
+    return points
+
+
+def points_of(config: ml_collections.ConfigDict) -> list[GridPoint]:
+    """The grid of ``config.sweep``, or the single run's one point."""
+    return grid_points(config) if recipes.swept_axes(config) else single_point(config)
+
+
+def ranking_table(points: list[GridPoint], summaries: list[dict]) -> str:
+    """Markdown: the grid points ranked by best test top-1 (ties: last top-1)."""
+    axes = list(points[0].values)
+    order = sorted(range(len(points)), key=lambda i: (-summaries[i]["best_top1"], -summaries[i]["last_top1"]))
+    head = ["rank", *axes, "best top-1", "best epoch", "last top-1", "agreement", "point"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rank, i in enumerate(order, 1):
+        s = summaries[i]
+        cells = [str(rank), *(fmt(points[i].values[a]) for a in axes), f"{s['best_top1']:.2f}", str(s["best_epoch"]),
+                 f"{s['last_top1']:.2f}", f"{s['agreement']:.2f}", points[i].name]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
