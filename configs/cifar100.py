@@ -1,4 +1,4 @@
-r"""CIFAR-100 distillation, every row of the paper's Tables 1 and 2 (REFERENCE.md §6).
+r"""CIFAR-100 distillation, every row of the paper's Tables 1 and 2 (docs/paper.md §6).
 
     python -m zkd.main --config=configs/cifar100.py:method=kd,teacher=resnet32x4,student=resnet8x4,ls=1 \
         --config.teacher.checkpoint=cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth

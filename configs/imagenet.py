@@ -1,4 +1,4 @@
-r"""ImageNet KD: ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1 (REFERENCE.md §4, §6).
+r"""ImageNet KD: ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1 (docs/paper.md §4, §6).
 
     python -m zkd.main --config=configs/imagenet.py:teacher=ResNet34,student=ResNet18,ls=1 \
         --config.teacher.checkpoint=resnet34-b627a593.pth --config.data_dir=/data/tfds

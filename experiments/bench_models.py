@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import jax
@@ -29,9 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from zkd import losses, models  # noqa: E402
+from zkd import losses, models
 
 
 def random_variables(model, images, seed: int = 0) -> dict:

@@ -28,7 +28,7 @@ of the paper's rows.
 
 Output: ``--table`` (default ``WORKDIR_ROOT/results.md``) and ``results.json`` beside it, with
 each row's paper number, the zkd setting (the released log's setting for +LS rows) and the
-numbers reported elsewhere in REFERENCE.md §6. Std over seeds is the sample std (ddof=1).
+numbers reported elsewhere in docs/paper.md §6. Std over seeds is the sample std (ddof=1).
 """
 
 from __future__ import annotations
@@ -38,19 +38,16 @@ import fnmatch
 import glob
 import json
 import os
-import sys
 from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 from zkd import recipes  # noqa: E402
 
 TABLES = {"table1": recipes.CIFAR_PAIRS[:7], "table2": recipes.CIFAR_PAIRS[7:], "table3": recipes.IMAGENET_PAIRS}
-# Numbers reported outside the paper's tables (REFERENCE.md §6): (method, teacher, student, ls) -> (top-1, source).
+# Numbers reported outside the paper's tables (docs/paper.md §6): (method, teacher, student, ls) -> (top-1, source).
 OTHER_REPORTED = {("kd", "ResNet34", "ResNet18", True): (71.23, "independent rerun")}
 
 

@@ -6,20 +6,17 @@ Teacher logits [1, 2, 3, 4]; student S1 [1, 2, 3, 2.8] ranks the classes wrongly
 4), student S2 [0.1, 0.2, 0.3, 0.4] is the teacher divided by 10 (same ranking). At temperature 1
 plain KD ranks the wrong student better (KL 0.1749 < 0.3457); after Z-score standardization
 (ddof=1, eps 1e-7, tau 1) S2 matches the teacher exactly (0) and S1 does not (0.0995).
-REFERENCE.md §2. The printed numbers are what ``zkd.losses.kd_loss`` returns, nothing else.
+docs/paper.md §2. The printed numbers are what ``zkd.losses.kd_loss`` returns, nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from zkd import losses  # noqa: E402
+from zkd import losses
 
 TEACHER = (1.0, 2.0, 3.0, 4.0)
 STUDENTS = {"S1": (1.0, 2.0, 3.0, 2.8), "S2": (0.1, 0.2, 0.3, 0.4)}

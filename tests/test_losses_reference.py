@@ -25,7 +25,7 @@ def _torch(x):
     return torch.from_numpy(np.asarray(x)).double()
 
 
-# ---------------------------------------------------------------- toy case (REFERENCE.md §2)
+# ---------------------------------------------------------------- toy case (docs/paper.md §2)
 
 TEACHER = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
 S1 = np.array([[1.0, 2.0, 3.0, 2.8]], np.float32)

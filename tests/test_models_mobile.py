@@ -1,5 +1,5 @@
 """The mobile zoo (CIFAR MobileNetV2 / ShuffleV1 / ShuffleV2, ImageNet MobileNetV1 / V2):
-parameter counts (REFERENCE.md §5, torchvision), logits equal to independent PyTorch references
+parameter counts (docs/paper.md §5, torchvision), logits equal to independent PyTorch references
 with random BN statistics on several input sizes, channel shuffle semantics, training-mode BN,
 bfloat16 computation with float32 state."""
 
@@ -26,7 +26,7 @@ from zkd.models.shufflenet import channel_shuffle
 TORCH_CIFAR = {"MobileNetV2": cifar_mobilenet_v2, "ShuffleV1": shuffle_v1, "ShuffleV2": shuffle_v2}
 TORCH_IMAGENET = {"MobileNetV1": imagenet_mobilenet_v1, "MobileNetV2": torchvision_mobilenet_v2}
 
-# REFERENCE.md §5 at 100 classes; ImageNet at 1000 classes (torchvision's MobileNetV2 count).
+# docs/paper.md §5 at 100 classes; ImageNet at 1000 classes (torchvision's MobileNetV2 count).
 CIFAR_COUNTS = {"MobileNetV2": 812_836, "ShuffleV1": 949_258, "ShuffleV2": 1_355_528}
 IMAGENET_COUNTS = {"MobileNetV1": 4_231_976, "MobileNetV2": 3_504_872}
 

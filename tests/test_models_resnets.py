@@ -1,5 +1,5 @@
 """The ResNet-family zoo (CIFAR ResNets, WRN, VGG, CIFAR ResNet18/50, ImageNet ResNets):
-parameter counts (REFERENCE.md §5, torchvision), logits equal to independent PyTorch references
+parameter counts (docs/paper.md §5, torchvision), logits equal to independent PyTorch references
 with random BN statistics on several input sizes, bfloat16 computation, training-mode BN."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch_reference.resnets import CIFAR_RESNETS, cifar_resnet, four_stage_resn
 from torch_reference.vgg import vgg
 from torch_reference.wrn import wrn
 
-# REFERENCE.md §5 (100 classes) and torchvision (1000 classes).
+# docs/paper.md §5 (100 classes) and torchvision (1000 classes).
 CIFAR_COUNTS = {
     "resnet8": 83_892, "resnet14": 181_108, "resnet20": 278_324, "resnet32": 472_756,
     "resnet44": 667_188, "resnet56": 861_620, "resnet110": 1_736_564, "resnet8x4": 1_233_540,

@@ -1,4 +1,4 @@
-"""Independent PyTorch re-statement of the released loss code (REFERENCE.md §1-3), for tests.
+"""Independent PyTorch re-statement of the released loss code (docs/paper.md §1-3), for tests.
 
 Written from the description of the release: the same operations in the same order
 (torch.std, softmax then log, the -1000 target trick, np.percentile masks), so that zkd's

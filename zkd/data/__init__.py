@@ -1,4 +1,4 @@
-"""TFDS input pipelines for CIFAR-100/10, ImageNet and Fashion-MNIST (REFERENCE.md section 4).
+"""TFDS input pipelines for CIFAR-100/10, ImageNet and Fashion-MNIST (docs/paper.md §4).
 
 Importing this package hides every GPU from TensorFlow (tf.data only ever runs on the host).
 

@@ -1,7 +1,7 @@
 """MLKD's strong augmentation in TensorFlow: RandAugment(n=2) over 14 ops, then Cutout.
 
 Follows the ``RandAugment`` class of the MLKD release (Jin et al., CVPR 2023) as described in
-REFERENCE.md section 3: for each image, draw 2 ops uniformly with replacement from the
+docs/paper.md §3: for each image, draw 2 ops uniformly with replacement from the
 14-op list below and apply each with a magnitude drawn uniformly from the op's range (the
 release ignores its magnitude argument "10"); then Cutout with a square side of
 U(0, 0.5) * width, centre uniform in the image, filled with (125, 123, 114). Op semantics

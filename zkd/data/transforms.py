@@ -1,4 +1,4 @@
-"""Host-side (TensorFlow) image transforms of the reference recipes (REFERENCE.md section 4).
+"""Host-side (TensorFlow) image transforms of the reference recipes (docs/paper.md §4).
 
 All randomness is stateless: every function takes its random numbers (or a TF stateless
 seed, int32/int64 [2]) as arguments, so a pipeline is a pure function of (seed, step,

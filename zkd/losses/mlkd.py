@@ -5,7 +5,7 @@ with three levels of alignment: instance (KD), batch (sample-similarity Gram mat
 class (class-correlation Gram matrix P^T P). Cross-entropy on both views is the caller's.
 
 ``mode="released"`` (default) reproduces the code that produced the published numbers,
-quirks included (REFERENCE.md §3):
+quirks included (docs/paper.md §3):
 
 (a) the confidence masks multiply losses that are already batch means, so they act as the
     scalar factors ``mean(mask)`` (~0.5), not as per-sample masks;

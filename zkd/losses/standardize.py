@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from zkd.losses._common import compute_dtype
 
 DEFAULT_EPS = 1e-7
-DEFAULT_DDOF = 1  # the released code uses torch.std (unbiased); see REFERENCE.md §1
+DEFAULT_DDOF = 1  # the released code uses torch.std (unbiased); see docs/paper.md §1
 
 
 def standardize(logits: jax.Array, eps: float = DEFAULT_EPS, ddof: int = DEFAULT_DDOF) -> jax.Array:
