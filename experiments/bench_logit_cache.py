@@ -5,11 +5,13 @@
 
 Measured on whatever device JAX picks (random teacher weights, 100 classes, synthetic CIFAR-shaped
 data; the timings do not depend on the values):
-(a) the KD+LS train step with the teacher's forward pass: ``zkd.step.make_train_step`` with the
-    recipe's ``zkd.train.step_settings`` (method "kd", logit_stand=True), jitted, state donated;
-(b) the same step fed cached teacher logits: the batch carries ``"teacher_logits"`` and the state
-    has no teacher, so the step runs the student only; plus the host-side cache lookup per batch
-    (fancy indexing into a float16 memmap already in the page cache, cast to float32);
+(a) the KD+LS train step with the teacher's forward pass: the compiled step of
+    ``zkd.engine.build`` for the recipe's config (method "kd", logit_stand=True; one device,
+    state donated), what the trainer runs;
+(b) the same step fed cached teacher logits: the batch carries ``"teacher_logits"``, so the step
+    skips the teacher (which the state still holds, unused, as in a run with
+    ``config.teacher.logit_cache``) and runs the student only; plus the host-side cache lookup
+    per batch (fancy indexing into a float16 memmap already in the page cache, cast to float32);
 (c) the cache build's teacher throughput: ``zkd.logit_cache.make_variant_logits_fn`` (the
     function ``build_cache`` runs) over --build_images variant images after one compiling
     call, extrapolated to CIFAR's 50,000 x 162 variants, plus the content hash of the teacher
@@ -30,12 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from zkd import logit_cache, models, optim, recipes, train  # noqa: E402
-from zkd import state as state_lib  # noqa: E402
-from zkd import step as step_lib  # noqa: E402
-from zkd.data import DATASETS  # noqa: E402
+from zkd import engine, logit_cache, models, parallel, recipes
+from zkd.data import DATASETS
 
 INFO = DATASETS["cifar100"]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_logit_cache.md")
@@ -55,30 +53,24 @@ def median_seconds(fn, steps: int, warmup: int) -> float:
 
 def step_times(teacher: str, student: str, batch: int, steps: int, warmup: int):
     """(seconds per step with the teacher forward, seconds per step with given teacher logits)."""
-    if not hasattr(step_lib, "teacher_logits_of_batch"):
-        raise SystemExit("zkd.step does not take precomputed batch['teacher_logits'] yet: (b) needs that step")
     config = recipes.cifar_distillation("kd", teacher, student, True)
-    steps_per_epoch = INFO.train_size // batch
-    o = config.optimizer
-    lr = optim.piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
-    tx = optim.torch_sgd(lr, o.momentum, o.weight_decay)
-    step = jax.jit(step_lib.make_train_step(train.step_settings(config, steps_per_epoch, lr)), donate_argnums=(0,))
-    s_model, t_model = models.build(student, INFO.num_classes), models.build(teacher, INFO.num_classes)
+    config.batch_size, config.num_devices = batch, 1
+    t_model = models.build(teacher, INFO.num_classes)
     t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *INFO.image_shape)), train=False)
+    # The step donates its state, teacher included: give it a copy of the variables the build timing reuses.
+    run = engine.build(config, teacher=(t_model, jax.tree.map(jnp.copy, t_vars)), info=INFO)
     rng = np.random.default_rng(0)
     data = {
-        "image": jnp.asarray(rng.standard_normal((batch, *INFO.image_shape)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, INFO.num_classes, batch), jnp.int32),
+        "image": rng.standard_normal((batch, *INFO.image_shape)).astype(np.float32),
+        "label": rng.integers(0, INFO.num_classes, batch).astype(np.int32),
     }
-    cached = dict(data, teacher_logits=jnp.asarray(t_model.apply(t_vars, data["image"], train=False), jnp.float32))
-    key = jax.random.key(0)
+    cached = dict(data, teacher_logits=np.asarray(t_model.apply(t_vars, data["image"], train=False), np.float32))
+    holder = [run.state]  # the step donates its state: each call takes the last one's
     results = []
-    # The step donates its state: give it a copy of the teacher's variables, which the build timing reuses.
-    for batch_data, teacher_args in ((data, (t_model, jax.tree.map(jnp.copy, t_vars))), (cached, ())):
-        holder = [state_lib.create_train_state(jax.random.key(0), s_model, INFO.image_shape, tx, *teacher_args)]
+    for batch_data in (parallel.global_batch(data, run.mesh), parallel.global_batch(cached, run.mesh)):
 
         def one_step():
-            holder[0], metrics = step(holder[0], batch_data, key)
+            holder[0], metrics = run.train_step(holder[0], batch_data)
             jax.block_until_ready(metrics)
 
         results.append(median_seconds(one_step, steps, warmup))

@@ -4,10 +4,13 @@
 
 The grid is the authors' advice for a new pair, reduced to 9 points: base temperature
 {2, 3, 4} x KD weight {3, 6, 9}, KD with logit standardization (CE 0.1). A separate run costs
-one jitted ``zkd.step`` train step per batch (teacher forward + student update); the sweep
-costs one ``zkd.sweep`` step per batch (one teacher forward, the 9 student updates under
-``jax.vmap``). Reported: median step times over --iters steps after --warmup (compile
-excluded, compile time printed separately), and the ratio
+one step of the run ``zkd.engine.build`` makes for a single config (teacher forward + student
+update); the sweep costs one step of the run it makes for the config with
+``config.sweep.temperature`` / ``config.sweep.kd_weight`` set (one teacher forward, the 9
+student updates, unrolled or under ``jax.vmap``: ``config.sweep.vectorize``, each mode of
+--vectorize timed). Both use a randomly initialised teacher on one device. Reported: median
+step times over --iters steps after --warmup (compile excluded, compile time printed
+separately), and the ratio
 
     sweep step / (9 x single-run step)
 
@@ -21,38 +24,34 @@ the table to experiments/results/bench_sweep.md (appending a section per device)
 
 import argparse
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
+from zkd import data, engine, grid, models, parallel, recipes
+from zkd import step as step_lib
 
-from zkd import models, recipes, sweep, train  # noqa: E402
-from zkd import state as state_lib  # noqa: E402
-from zkd import step as step_lib  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def timed(step, state, batch, iters, warmup):
-    """(median seconds per step, compile + first step seconds, final state)."""
-    key = jax.random.key(0)
+    """(median seconds per step, compile + first step seconds, last metrics, final state)."""
     start = time.perf_counter()
-    state, metrics = step(state, batch, key)
+    state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     first = time.perf_counter() - start
     for _ in range(warmup):
-        state, metrics = step(state, batch, key)
+        state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times = []
     for _ in range(iters):
         start = time.perf_counter()
-        state, metrics = step(state, batch, key)
+        state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
-    return float(np.median(times)), first, metrics
+    return float(np.median(times)), first, metrics, state
 
 
 def main():
@@ -65,54 +64,58 @@ def main():
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--vectorize", default="vmap,unroll", help="sweep step variants to time (zkd.sweep.VECTORIZE)")
+    parser.add_argument("--vectorize", default="vmap,unroll",
+                        help=f"sweep step variants to time (config.sweep.vectorize: {', '.join(step_lib.VECTORIZE)})")
     parser.add_argument("--cached", action="store_true",
                         help="also time the sweep fed cached teacher logits (zkd.logit_cache; no teacher forward)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    modes = args.vectorize.split(",")
+    for mode in modes:
+        step_lib.check_vectorize(mode)
 
     config = recipes.cifar_distillation("kd", args.teacher, args.student, True)
-    with config.unlocked():
-        config.dtype = args.dtype
-        config.loss.ce_weight = 0.1
-        config.sweep.temperature = tuple(float(t) for t in args.temperatures.split(","))
-        config.sweep.kd_weight = tuple(float(w) for w in args.kd_weights.split(","))
-    points = sweep.grid_points(config)
+    config.dtype, config.batch_size, config.num_devices = args.dtype, args.batch, 1
+    config.loss.ce_weight = 0.1
+    config.sweep.temperature = tuple(float(t) for t in args.temperatures.split(","))
+    config.sweep.kd_weight = tuple(float(w) for w in args.kd_weights.split(","))
+    points = grid.grid_points(config)
     n = len(points)
-    dt = train.DTYPES[args.dtype]
-    s_model, t_model = models.build(args.student, 100, dtype=dt), models.build(args.teacher, 100, dtype=dt)
-    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
-    steps_per_epoch = 50_000 // args.batch
-    lr_fn, tx = train.make_optimizer(config, steps_per_epoch)
+    info = data.get_info(config.dataset)
+    t_model = models.build(args.teacher, info.num_classes, dtype=engine.DTYPES[args.dtype])
+    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.standard_normal((args.batch, 32, 32, 3)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, 100, args.batch), jnp.int32)}
+    host_batch = {"image": rng.standard_normal((args.batch, *info.image_shape)).astype(np.float32),
+                  "label": rng.integers(0, info.num_classes, args.batch).astype(np.int32)}
 
-    # One separate run (grid point 0; every point costs the same).
-    single_state = state_lib.create_train_state(jax.random.key(0), s_model, (32, 32, 3), tx, t_model,
-                                                jax.tree.map(jnp.copy, t_vars))
-    single_step = jax.jit(step_lib.make_train_step(train.step_settings(points[0].config, steps_per_epoch, lr_fn)),
-                          donate_argnums=(0,))
-    t_single, c_single, _ = timed(single_step, single_state, batch, args.iters, args.warmup)
+    def build(c):  # the step donates its state, teacher included: each run gets its own copy
+        run = engine.build(c, teacher=(t_model, jax.tree.map(jnp.copy, t_vars)), info=info)
+        return run, parallel.global_batch(host_batch, run.mesh)
 
-    # The sweep.
-    t_vars = jax.tree.map(jnp.copy, t_vars)  # the single run's step donated its copy
-    sweep_state = sweep.create_sweep_state(points, s_model, (32, 32, 3), tx, t_model, t_vars)
-    settings = sweep.sweep_settings(config, points, steps_per_epoch, lr_fn)
-    results = {}
-    for mode in args.vectorize.split(","):
-        state = jax.tree.map(jnp.copy, sweep_state)
-        sweep_step = jax.jit(sweep.make_sweep_step(settings, mode), donate_argnums=(0,))
-        results[mode] = timed(sweep_step, state, batch, args.iters, args.warmup)
-        assert np.all(np.isfinite(np.asarray(results[mode][2]["loss"]))), results[mode][2]["loss"]
+    # One separate run: grid point 0's single-run config (every point costs the same).
+    single, batch = build(points[0].config)
+    assert single.num_students == 1
+    t_single, c_single, _, _ = timed(single.train_step, single.state, batch, args.iters, args.warmup)
+
+    # The sweep, one build per vectorize mode.
+    results, finals = {}, {}
+    for mode in modes:
+        c = config.copy_and_resolve_references()
+        c.sweep.vectorize = mode
+        run, batch = build(c)
+        assert run.num_students == n
+        t, first, metrics, finals[mode] = timed(run.train_step, run.state, batch, args.iters, args.warmup)
+        results[mode] = (t, first, run)
+        losses = [float(m["loss"]) for m in metrics]
+        assert np.all(np.isfinite(losses)), losses
 
     best = min(results, key=lambda m: results[m][0])
     cached = None
     if args.cached:  # the sweep fed teacher logits (zkd.logit_cache): no teacher forward at all
-        state = jax.tree.map(jnp.copy, sweep_state)
-        logits = jnp.asarray(rng.standard_normal((args.batch, 100)), jnp.float32)
-        sweep_step = jax.jit(sweep.make_sweep_step(settings, best), donate_argnums=(0,))
-        cached = timed(sweep_step, state, dict(batch, teacher_logits=logits), args.iters, args.warmup)
+        run = results[best][2]
+        logits = rng.standard_normal((args.batch, info.num_classes)).astype(np.float32)
+        batch = parallel.global_batch(dict(host_batch, teacher_logits=logits), run.mesh)
+        cached = timed(run.train_step, finals[best], batch, args.iters, args.warmup)
     ratio = results[best][0] / (n * t_single)
     device = jax.devices()[0]
     where = f"{jax.default_backend()} ({device.device_kind}), {args.dtype}, batch {args.batch}"

@@ -3,14 +3,17 @@
     python experiments/bench_train_step.py [--pairs resnet32x4:resnet8x4,resnet56:resnet20] [--batches 64,512]
 
 The step: teacher forward (eval mode), student forward + backward on CE 0.1 + KD 9 with logit
-standardization (tau 2), SGD momentum update. zkd's step is the jitted ``zkd.step`` train step
-(what ``zkd.main`` runs, float32 unless --dtype bfloat16); PyTorch's is the same computation
-written plainly with the PyTorch reference models of tests/torch_reference (eager, channels-first,
-float32). Reported: median of --iters timed steps after --warmup steps (compile excluded), and a
-projection of a 240-epoch CIFAR-100 run (781 steps per epoch at batch 64) from the zkd figure.
+standardization (tau 2), SGD momentum update. zkd's step is the compiled train step of
+``zkd.engine.build`` for the recipe's config (what ``zkd.main`` runs, on one device, float32
+unless --dtype bfloat16; a randomly initialised teacher, synthetic CIFAR-shaped data); PyTorch's
+is the same computation written plainly with the PyTorch reference models of
+tests/torch_reference (eager, channels-first, float32). Reported: median of --iters timed steps
+after --warmup steps (compile excluded), and a projection of a 240-epoch CIFAR-100 run (50,000
+images per epoch) from the zkd figure.
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -19,51 +22,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from zkd import data, engine, models, parallel, recipes
 
-from zkd import models, optim, recipes, train  # noqa: E402
-from zkd import state as state_lib  # noqa: E402
-from zkd import step as step_lib  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def zkd_images_per_second(teacher, student, batch, iters, warmup, dtype):
     config = recipes.cifar_distillation("kd", teacher, student, True)
-    with config.unlocked():
-        config.dtype = dtype
-    dt = train.DTYPES[dtype]
-    s_model, t_model = models.build(student, 100, dtype=dt), models.build(teacher, 100, dtype=dt)
-    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
-    lr = optim.piecewise_epoch_schedule(0.05, 781, (150, 180, 210))
-    state = state_lib.create_train_state(jax.random.key(0), s_model, (32, 32, 3), optim.torch_sgd(lr), t_model, t_vars)
-    step = jax.jit(step_lib.make_train_step(train.step_settings(config, 781, lr)), donate_argnums=(0,))
+    config.dtype, config.batch_size, config.num_devices = dtype, batch, 1
+    info = data.get_info(config.dataset)
+    t_model = models.build(teacher, info.num_classes, dtype=engine.DTYPES[dtype])
+    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
+    run = engine.build(config, teacher=(t_model, t_vars), info=info)
     rng = np.random.default_rng(0)
-    batch_data = {
-        "image": jnp.asarray(rng.standard_normal((batch, 32, 32, 3)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, 100, batch), jnp.int32),
-    }
-    key = jax.random.key(0)
+    batch_data = parallel.global_batch({
+        "image": rng.standard_normal((batch, *info.image_shape)).astype(np.float32),
+        "label": rng.integers(0, info.num_classes, batch).astype(np.int32),
+    }, run.mesh)
+    state = run.state
     for _ in range(warmup):
-        state, _ = step(state, batch_data, key)
+        state, _ = run.train_step(state, batch_data)
     jax.block_until_ready(state)
     times = []
     for _ in range(iters):
         start = time.perf_counter()
-        state, metrics = step(state, batch_data, key)
+        state, metrics = run.train_step(state, batch_data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     return batch / float(np.median(times))
+
+
+def torch_reference(name):
+    """tests/torch_reference/<name>.py, loaded by its path (tests/ is not an installed package)."""
+    spec = importlib.util.spec_from_file_location(f"torch_reference_{name}",
+                                                  os.path.join(REPO, "tests", "torch_reference", f"{name}.py"))
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def torch_images_per_second(teacher, student, batch, iters, warmup):
     import torch
     import torch.nn.functional as F
 
-    from tests.torch_reference import resnets, wrn
-
     def build(name):
         if name.startswith("wrn"):
-            return wrn.wrn(name, 100)
-        return resnets.cifar_resnet(name, 100)
+            return torch_reference("wrn").wrn(name, 100)
+        return torch_reference("resnets").cifar_resnet(name, 100)
 
     torch.manual_seed(0)
     t_model, s_model = build(teacher).eval(), build(student).train()

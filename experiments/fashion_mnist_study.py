@@ -5,7 +5,7 @@ r"""Does logit standardization help on real data we have offline? A Fashion-MNIS
     python experiments/fashion_mnist_study.py                   # the whole study (~90 min, 2-core CPU)
     python experiments/fashion_mnist_study.py --methods kd,kd_ls,dkd,dkd_ls,mlkd,mlkd_ls,ctkd,ctkd_ls  # + extras
 
-Design (REFERENCE.md §3, §6). One resnet20 teacher trained by zkd (cross-entropy); resnet8 students
+Design (docs/paper.md §3, §6). One resnet20 teacher trained by zkd (cross-entropy); resnet8 students
 distilled from it with KD, KD+LS, DKD and DKD+LS (MLKD, CTKD with and without LS when asked for:
 ``--methods``), 3 seeds each, best and last test top-1 reported as mean ± sample std over seeds;
 and the paper's Table 4 ablation, plain KD vs KD+LS at KD weights 0.9, 3, 9, 18 (both at base
@@ -40,6 +40,7 @@ interrupted study and rewrites the results.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -51,14 +52,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, HERE)
-
-import logit_stats  # noqa: E402
-import reproduce  # noqa: E402
-
 from zkd import recipes  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sibling(name: str):
+    """experiments/<name>.py as a module, loaded by its path: experiments/ is a folder of scripts,
+    not an installed package, and this file may itself be loaded by path (tests/test_experiments.py)."""
+    spec = importlib.util.spec_from_file_location(f"zkd_experiments_{name}", os.path.join(HERE, f"{name}.py"))
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+logit_stats = _sibling("logit_stats")
+reproduce = _sibling("reproduce")
 
 METHOD_LABELS = {"kd": "KD", "kd_ls": "KD+LS", "dkd": "DKD", "dkd_ls": "DKD+LS", "mlkd": "MLKD",
                  "mlkd_ls": "MLKD+LS", "ctkd": "CTKD", "ctkd_ls": "CTKD+LS"}
@@ -154,47 +163,44 @@ def is_finished(run: dict) -> bool:
 
 
 def measure(teacher: str, student: str, batch: int = 128, steps: int = 8) -> dict:
-    """img/s of one train step of each kind on this machine (synthetic 28x28x1 batch, compile excluded),
-    and of the student's evaluation forward pass."""
+    """img/s of one train step of each kind on this machine (synthetic 28x28x1 batch, randomly
+    initialised teacher, compile excluded), and of the student's evaluation step: the compiled
+    steps ``zkd.engine.build`` makes for the study's configs (one device)."""
     import jax
     import jax.numpy as jnp
 
-    from zkd import models, optim, train
-    from zkd import state as state_lib
-    from zkd import step as step_lib
+    from zkd import data, engine, models, parallel
 
-    shape = (28, 28, 1)
+    info = data.get_info("fashion_mnist")
     rng = np.random.default_rng(0)
-    batch_data = {"image": jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32),
-                  "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
-    t_model = models.build(teacher, 10)
-    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *shape)), train=False)
-    lr = optim.piecewise_epoch_schedule(0.05, 150, (3,))
+    images = rng.standard_normal((batch, *info.image_shape)).astype(np.float32)
+    labels = rng.integers(0, info.num_classes, batch).astype(np.int32)
+    t_model = models.build(teacher, info.num_classes)
+    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
 
-    def timed(fn, *args):
-        out = fn(*args)
+    def timed(step, state, batch_data, size):
+        """(images/s of ``step(state, batch) -> (state, out)``, last state); the state is donated,
+        so each call takes the last one's."""
+        state, out = step(state, batch_data)
         jax.block_until_ready(out)
         start = time.perf_counter()
         for _ in range(steps):
-            out = fn(*args)
+            state, out = step(state, batch_data)
         jax.block_until_ready(out)
-        return batch * steps / (time.perf_counter() - start)
+        return size * steps / (time.perf_counter() - start), state
 
     out = {}
     for method in ("ce", "kd", "dkd", "ctkd"):
-        model_name = teacher if method == "ce" else student
-        c = recipes.fashion_mnist(method, model_name, teacher, method != "ce")
-        model = models.build(model_name, 10)
-        state = state_lib.create_train_state(jax.random.key(0), model, shape, optim.torch_sgd(lr),
-                                             None if method == "ce" else t_model,
-                                             None if method == "ce" else t_vars, ctkd=method == "ctkd")
-        step = jax.jit(step_lib.make_train_step(train.step_settings(c, 150, lr)))
-        out[method] = timed(lambda s: step(s, batch_data, jax.random.key(0)), state)
-    s_model = models.build(student, 10)
-    s_vars = s_model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
-    eval_images = jnp.tile(batch_data["image"], (1000 // batch + 1, 1, 1, 1))[:1000]
-    forward = jax.jit(lambda v, x: s_model.apply(v, x, train=False))
-    out["eval"] = timed(forward, s_vars, eval_images) * 1000 / batch
+        c = recipes.fashion_mnist(method, teacher if method == "ce" else student, teacher, method != "ce")
+        c.num_devices = 1
+        run = engine.build(c, teacher=(t_model, jax.tree.map(jnp.copy, t_vars)), info=info)
+        train_batch = parallel.global_batch({"image": images, "label": labels}, run.mesh)
+        out[method], state = timed(run.train_step, run.state, train_batch, batch)
+        if method == "kd":  # the student's evaluation step on one eval batch (the recipe's 1000 images)
+            n = c.eval_batch_size
+            eval_batch = parallel.global_batch({"image": np.resize(images, (n, *info.image_shape)),
+                                                "label": np.resize(labels, n), "mask": np.ones(n, bool)}, run.mesh)
+            out["eval"], _ = timed(lambda v, b: (v, run.eval_step(v, b)), run.student_variables(state), eval_batch, n)
     out["mlkd"] = out["kd"] / 2.0  # two views per image: about twice the KD step (not measured)
     return out
 
