@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax.numpy as jnp
 import optax
 
 
@@ -24,18 +23,16 @@ def piecewise_epoch_schedule(
 ) -> optax.Schedule:
     """lr(step) = base_lr * decay_rate ** #{m in milestones : m <= step // steps_per_epoch}.
 
-    ``milestones`` are numbers of completed epochs (150 means: from the 151st epoch on).
+    ``milestones`` are numbers of completed epochs (150 means: from the 151st epoch on); a
+    milestone given twice decays twice. This is optax's ``piecewise_constant_schedule`` with its
+    boundaries at ``m * steps_per_epoch`` (it scales from the boundary step on).
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    boundaries = jnp.asarray(sorted(milestones), jnp.int32) if milestones else jnp.zeros((0,), jnp.int32)
-
-    def schedule(step):
-        epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
-        passed = jnp.sum(epoch >= boundaries)
-        return base_lr * jnp.asarray(decay_rate, jnp.float32) ** passed
-
-    return schedule
+    scales: dict[int, float] = {}
+    for m in milestones:
+        scales[int(m) * steps_per_epoch] = scales.get(int(m) * steps_per_epoch, 1.0) * decay_rate
+    return optax.piecewise_constant_schedule(base_lr, scales)
 
 
 def torch_sgd(
