@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zkd import checkpoint, data, logit_cache, metrics_io, models, optim, recipes, train
-from zkd import state as state_lib
+from zkd import checkpoint, data, engine, logit_cache, metrics_io, models, parallel, recipes, sweep, train
 from zkd import step as step_lib
+from zkd.errors import ConfigError
 from zkd.data import pipeline
 
 from train_fixtures import mock_cifar100, save_random_teacher, synthetic_split
@@ -306,26 +306,25 @@ def test_short_kd_ls_run_with_the_cache_matches_the_run_without(built):
     equal probabilities, so its relative error is larger than the logits').
     """
     config = recipes.cifar_distillation("kd", "resnet8", "resnet8", True)
-    lr = optim.piecewise_epoch_schedule(0.05, 2, (150, 180, 210))
-    step = jax.jit(step_lib.make_train_step(train.step_settings(config, 2, lr)))
-    student = models.build("resnet8", 100)
-    tx = optim.torch_sgd(lr, 0.9, 5e-4)
-    with_teacher = state_lib.create_train_state(jax.random.key(0), student, (32, 32, 3), tx, built["model"],
-                                                built["variables"])
-    student_only = state_lib.create_train_state(jax.random.key(0), student, (32, 32, 3), tx)
-    init = jax.tree.map(np.asarray, with_teacher.params)
+    config.batch_size = 8
+    info = dataclasses.replace(CIFAR, train_size=16)
+    run = engine.build(config, teacher=(built["model"], built["variables"]), info=info, mesh=parallel.make_mesh(1))
+    with_teacher = run.state
+    student_only = jax.tree.map(jnp.copy, run.state)  # the same student init (the step donates its state)
+    init = jax.tree.map(np.asarray, with_teacher.students[0].params)
     cache = logit_cache.TeacherLogitCache.open(built["directory"], built["meta"]["hash"])
 
     def stream():
         return pipeline.in_memory_train_batches(CIFAR, built["images"], built["labels"], global_batch_size=8, seed=2,
                                                 augmentation_params=True)
 
-    key = jax.random.key(0)
     plain = [{k: b[k] for k in ("image", "label")} for b in take(stream(), 3)]
     cached = take(logit_cache.attach_teacher_logits(stream(), cache), 3)
+    assert all("teacher_logits" in b for b in cached)
     for a, b in zip(plain, cached):
-        with_teacher, ma = step(with_teacher, a, key)
-        student_only, mb = step(student_only, b, key)
+        with_teacher, (ma,) = run.train_step(with_teacher, parallel.global_batch(a, run.mesh))
+        student_only, (mb,) = run.train_step(student_only, parallel.global_batch(
+            {k: b[k] for k in ("image", "label", "teacher_logits")}, run.mesh))
         assert "kd" in mb and float(mb["kd"]) > float(mb["ce"])  # the KD term dominates the loss
         for name in ("loss", "kd", "ce", "agreement"):
             np.testing.assert_allclose(mb[name], ma[name], rtol=5e-4, atol=1e-6, err_msg=name)
@@ -334,7 +333,8 @@ def test_short_kd_ls_run_with_the_cache_matches_the_run_without(built):
         du, dv = np.asarray(cached_p) - start, np.asarray(teacher_p) - start
         return np.abs(du - dv).max() / np.abs(dv).max()
 
-    gaps = jax.tree.leaves(jax.tree.map(update_gap, student_only.params, with_teacher.params, init))
+    gaps = jax.tree.leaves(jax.tree.map(update_gap, student_only.students[0].params,
+                                        with_teacher.students[0].params, init))
     assert max(gaps) < 0.03, max(gaps)
 
 
@@ -363,7 +363,15 @@ def test_a_run_with_config_teacher_logit_cache_trains_from_the_cache(tmp_path, m
         cached = tiny_config("kd", True, teacher_dir, epochs=1)
         cached.teacher.logit_cache = cache_dir
         train.train_and_evaluate(cached, str(tmp_path / "cached"))
-        assert seen == [False, True]  # one trace each: the plain step runs the teacher, the cached one does not
+        # A sweep reads the cache the same way: one grid point (the same run) takes the same steps.
+        swept = tiny_config("kd", True, teacher_dir, epochs=1)
+        swept.teacher.logit_cache = cache_dir
+        swept.sweep.kd_weight = (swept.loss.kd_weight,)
+        result = sweep.train_sweep(swept, str(tmp_path / "swept"))
+        # One trace each: the plain step runs the teacher, the cached ones do not.
+        assert seen == [False, True, True]
+        s = metrics_io.read_metrics(result["points"][0]["workdir"], "train")
+        assert s == metrics_io.read_metrics(str(tmp_path / "cached"), "train")
         a = metrics_io.read_metrics(str(tmp_path / "plain"), "train")
         b = metrics_io.read_metrics(str(tmp_path / "cached"), "train")
         for name in ("loss", "kd", "ce", "agreement", "logit_std_teacher"):
@@ -376,5 +384,5 @@ def test_a_run_with_config_teacher_logit_cache_trains_from_the_cache(tmp_path, m
             train.train_and_evaluate(stale, str(tmp_path / "stale"))
     bad = tiny_config("mlkd", True, teacher_dir)
     bad.teacher.logit_cache = cache_dir
-    with pytest.raises(train.ConfigError, match="MLKD's two views"):
-        train.validate_config(bad)
+    with pytest.raises(ConfigError, match="MLKD's two views"):
+        engine.validate_config(bad)

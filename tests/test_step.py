@@ -1,5 +1,6 @@
 """The pure train step: every method, devices, dtype, and every config traced on tiny shapes."""
 
+import dataclasses
 import importlib.util
 import os
 
@@ -8,9 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zkd import models, optim, parallel, recipes, train
-from zkd import state as state_lib
-from zkd import step as step_lib
+from zkd import data, engine, models, parallel, recipes
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -22,20 +21,23 @@ def _load_config(filename, arg):
     return module.get_config(arg)
 
 
-def _state_and_step(config, image_shape=(16, 16, 3), num_classes=10, steps_per_epoch=5):
-    dtype = train.DTYPES[config.dtype]
-    student = models.build(config.student.name, num_classes, zoo=config.student.zoo, dtype=dtype)
-    teacher = teacher_vars = None
+def _build(config, image_shape=(16, 16, 3), num_classes=10, steps_per_epoch=5, mesh=None):
+    """zkd.engine.build on tiny images, with a random teacher: the run and its first settings."""
+    info = dataclasses.replace(data.get_info(config.dataset), image_shape=image_shape, num_classes=num_classes,
+                               train_size=steps_per_epoch * config.batch_size)
+    teacher = None
     if config.method != "ce":
-        teacher = models.build(config.teacher.name, num_classes, zoo=config.teacher.zoo, dtype=dtype)
-        teacher_vars = teacher.init(jax.random.key(7), jnp.zeros((1, *image_shape)), train=False)
-    lr_fn = optim.piecewise_epoch_schedule(config.optimizer.learning_rate, steps_per_epoch, (2,))
-    tx = optim.torch_sgd(lr_fn, 0.9, 5e-4)
-    state = state_lib.create_train_state(
-        jax.random.key(0), student, image_shape, tx, teacher, teacher_vars, ctkd=config.method == "ctkd"
-    )
-    settings = train.step_settings(config, steps_per_epoch, lr_fn)
-    return state, step_lib.make_train_step(settings), settings
+        model = models.build(config.teacher.name, num_classes, zoo=config.teacher.zoo,
+                             dtype=engine.DTYPES[config.dtype])
+        teacher = (model, model.init(jax.random.key(7), jnp.zeros((1, *image_shape)), train=False))
+    run = engine.build(config, teacher=teacher, info=info, mesh=mesh or parallel.make_mesh(1))
+    return run, run.settings[0]
+
+
+def _step(run, state, batch):
+    """One step of the run's only student: (state, that student's metrics)."""
+    state, metrics = run.train_step(state, parallel.global_batch(batch, run.mesh))
+    return state, metrics[0]
 
 
 def _batch(settings, batch=8, image_shape=(16, 16, 3), num_classes=10, seed=0):
@@ -62,12 +64,11 @@ ALL_CONFIGS = (
 @pytest.mark.parametrize("filename,arg", ALL_CONFIGS, ids=[f"{f}:{a}" for f, a in ALL_CONFIGS])
 def test_every_config_builds_and_traces_one_step(filename, arg):
     config = _load_config(filename, arg)
-    train.validate_config(config)
     assert config.is_locked
-    state, train_step, settings = _state_and_step(config)
-    new_state, metrics = jax.eval_shape(train_step, state, _batch(settings), jax.random.key(0))
-    assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32
-    assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
+    run, settings = _build(config)
+    new_state, metrics = jax.eval_shape(run.train_step, run.state, _batch(settings))
+    assert metrics[0]["loss"].shape == () and metrics[0]["loss"].dtype == jnp.float32
+    assert jax.tree.structure(new_state.students) == jax.tree.structure(run.state.students)
 
 
 def test_configs_carry_the_per_pair_settings_of_the_released_logs():
@@ -100,10 +101,10 @@ def test_each_method_steps_with_finite_metrics(method, ls):
     if method == "ce" and ls:
         pytest.skip("LS does not apply to cross-entropy")
     c = recipes.cifar_distillation(method, "resnet8", "resnet8", ls) if method != "ce" else recipes.cifar_teacher("resnet8")
-    state, train_step, settings = _state_and_step(c)
-    step = jax.jit(train_step)
+    run, settings = _build(c)
+    state = run.state
     for i in range(2):
-        state, metrics = step(state, _batch(settings, seed=i), jax.random.key(0))
+        state, metrics = _step(run, state, _batch(settings, seed=i))
     assert int(state.step) == 2
     for name, value in metrics.items():
         assert np.isfinite(float(value)), name
@@ -117,35 +118,34 @@ def test_each_method_steps_with_finite_metrics(method, ls):
 
 def test_teacher_is_frozen_and_ctkd_temperature_is_trained():
     c = recipes.cifar_distillation("ctkd", "resnet8", "resnet8", True)
-    state, train_step, settings = _state_and_step(c, steps_per_epoch=1)  # epoch >= 2: lambda != 0
+    run, settings = _build(c, steps_per_epoch=1)  # epoch >= 2: lambda != 0
+    state = run.state
     teacher_before = jax.tree.map(np.asarray, state.teacher_variables)
-    step = jax.jit(train_step)
     for i in range(3):
-        state, _ = step(state, _batch(settings, seed=i), jax.random.key(0))
+        state, _ = _step(run, state, _batch(settings, seed=i))
     jax.tree.map(np.testing.assert_array_equal, teacher_before, jax.tree.map(np.asarray, state.teacher_variables))
-    assert float(state.params["ctkd"]["p"]) != 1.0
+    assert float(state.students[0].params["ctkd"]["p"]) != 1.0
 
 
 def test_dkd_warmup_scales_the_loss_by_epoch():
     c = recipes.cifar_distillation("dkd", "resnet8", "resnet8", False)
-    state, train_step, settings = _state_and_step(c, steps_per_epoch=1)
-    s1, m1 = jax.jit(train_step)(state, _batch(settings), jax.random.key(0))
-    state2 = state.replace(step=jnp.asarray(9, jnp.int32))  # epoch 10 -> factor 0.5
-    _, m10 = jax.jit(train_step)(state2, _batch(settings), jax.random.key(0))
+    run, settings = _build(c, steps_per_epoch=1)
+    state10 = run.state.replace(students=(run.state.students[0].replace(step=jnp.asarray(9, jnp.int32)),))
+    state10 = parallel.replicate(jax.tree.map(jnp.copy, state10), run.mesh)  # the step donates its state
+    _, m1 = _step(run, run.state, _batch(settings))
+    _, m10 = _step(run, state10, _batch(settings))  # epoch 10 -> factor 0.5
     np.testing.assert_allclose(float(m10["dkd"]), 10 * float(m1["dkd"]), rtol=1e-5)
 
 
 def test_four_devices_match_one_device_for_the_same_global_batch():
     c = recipes.cifar_distillation("kd", "resnet8", "resnet8", True)
-    state, train_step, settings = _state_and_step(c)
-    batches = [_batch(settings, batch=16, seed=i) for i in range(3)]
     results = []
     for n in (1, 4):
-        mesh = parallel.make_mesh(n)
-        step = parallel.jit_train_step(train_step, mesh)
-        s = parallel.replicate(jax.tree.map(jnp.copy, state), mesh)
-        for b in batches:
-            s, m = step(s, parallel.global_batch(b, mesh), parallel.replicate(jax.random.key(0), mesh))
+        run, settings = _build(c, mesh=parallel.make_mesh(n))
+        state = run.state
+        for i in range(3):
+            state, m = _step(run, state, _batch(settings, batch=16, seed=i))
+        s = state.students[0]
         results.append((jax.tree.map(np.asarray, (s.params, s.batch_stats)), float(m["loss"])))
     (p1, l1), (p4, l4) = results
     np.testing.assert_allclose(l4, l1, rtol=1e-5)
@@ -156,8 +156,9 @@ def test_bfloat16_computation_keeps_float32_parameters_and_losses():
     c = recipes.cifar_distillation("kd", "resnet8", "resnet8", True)
     with c.unlocked():
         c.dtype = "bfloat16"
-    state, train_step, settings = _state_and_step(c)
-    state, metrics = jax.jit(train_step)(state, _batch(settings), jax.random.key(0))
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.batch_stats))
+    run, settings = _build(c)
+    state, metrics = _step(run, run.state, _batch(settings))
+    s = state.students[0]
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s.params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s.batch_stats))
     assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))

@@ -4,11 +4,12 @@ config safety, trace-once, and devices."""
 import json
 import os
 
+import flax.linen as nn
 import numpy as np
 import pytest
 
 from tests.train_fixtures import N_MOCK, mock_cifar100, save_random_teacher, tiny_config
-from zkd import checkpoint, metrics_io, train
+from zkd import checkpoint, metrics_io, models, train
 from zkd import step as step_lib
 
 
@@ -25,7 +26,7 @@ def test_kd_ls_run_writes_everything_and_evaluates_exactly(tmp_path, teacher_dir
     workdir = str(tmp_path / "run")
     with mock_cifar100():
         summary = train.train_and_evaluate(tiny_config("kd", True, teacher_dir), workdir)
-    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "best", "tensorboard"):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard"):
         assert os.path.exists(os.path.join(workdir, name)), name
     evals = metrics_io.read_metrics(workdir, "eval")
     assert [e["epoch"] for e in evals] == [1, 2]
@@ -93,21 +94,78 @@ def test_teacher_of_another_architecture_is_named(tmp_path, teacher_dir):
 
 def test_the_compiled_step_traces_once_per_run(tmp_path, teacher_dir, monkeypatch):
     traces = []
-    make = step_lib.make_train_step
+    make = step_lib.make_run_step
 
-    def counting_make(settings):
-        inner = make(settings)
+    def counting_make(settings, vectorize="unroll"):
+        inner = make(settings, vectorize)
 
-        def step(state, batch, rng):
+        def step(state, batch):
             traces.append(1)
-            return inner(state, batch, rng)
+            return inner(state, batch)
 
         return step
 
-    monkeypatch.setattr(step_lib, "make_train_step", counting_make)
+    monkeypatch.setattr(step_lib, "make_run_step", counting_make)
     with mock_cifar100():
         train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=2, steps=3), str(tmp_path / "run"))
     assert len(traces) == 1
+
+
+# ----------------------------------------------------------------------------- randomness
+
+
+class DropoutNet(nn.Module):
+    """A tiny student with dropout: its training step draws from the "dropout" stream."""
+
+    num_classes: int = 100
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Dense(32)(x.reshape((x.shape[0], -1))))
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+if "dropout_net_test" not in models.available("cifar"):
+    models.register("dropout_net_test")(lambda num_classes, dtype=None: DropoutNet(num_classes))
+
+
+def test_the_step_key_is_folded_from_the_seed_and_the_step():
+    """Dropout masks are a function of the run's key and the step number: the same state, batch
+    and step give the same update, another step number another one."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from zkd import data, engine, parallel
+
+    info = dataclasses.replace(data.get_info("cifar100"), train_size=32, test_size=32)
+    batch = {"image": np.random.default_rng(0).standard_normal((16, 32, 32, 3)).astype(np.float32),
+             "label": np.arange(16, dtype=np.int32)}
+
+    def grad_norm(seed, step):
+        c = tiny_config("ce", student="dropout_net_test", seed=seed)
+        run = engine.build(c, info=info, mesh=parallel.make_mesh(1))
+        state = run.state.replace(students=(run.state.students[0].replace(step=jnp.asarray(step, jnp.int32)),))
+        state = parallel.replicate(jax.tree.map(jnp.copy, state), run.mesh)
+        return float(run.train_step(state, parallel.global_batch(batch, run.mesh))[1][0]["grad_norm"])
+
+    assert grad_norm(0, 3) == grad_norm(0, 3)
+    assert grad_norm(0, 3) != grad_norm(0, 4)
+
+
+def test_a_model_with_dropout_resumes_to_the_same_parameters(tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    config = lambda epochs: tiny_config("ce", student="dropout_net_test", epochs=epochs, steps=2)  # noqa: E731
+    with mock_cifar100():
+        train.train_and_evaluate(config(2), straight)
+        train.train_and_evaluate(config(1), resumed)
+        train.train_and_evaluate(config(2), resumed)
+    a, b = checkpoint.restore_best_student(straight), checkpoint.restore_best_student(resumed)
+    np.testing.assert_equal(a, b)
+    ta, tb = metrics_io.read_metrics(straight, "train"), metrics_io.read_metrics(resumed, "train")
+    assert [t["loss"] for t in ta] == [t["loss"] for t in tb]
 
 
 def test_teacher_from_a_zkd_run_and_from_a_pytorch_file(tmp_path):
@@ -131,15 +189,3 @@ def test_teacher_from_a_zkd_run_and_from_a_pytorch_file(tmp_path):
         summary = train.train_and_evaluate(tiny_config("kd", False, pth, epochs=1), str(tmp_path / "from_pth"))
     assert summary["epochs"] == 1
     assert convert.from_torch_checkpoint(pth, "resnet8", 100)["params"]  # the same file, converted
-
-
-def test_device_resident_data_run_trains_and_evaluates_exactly(tmp_path, teacher_dir):
-    c = tiny_config("kd", True, teacher_dir, epochs=1, steps=2)
-    with c.unlocked():
-        c.device_resident_data = True
-    with mock_cifar100():
-        summary = train.train_and_evaluate(c, str(tmp_path / "device"))
-    assert summary["epochs"] == 1
-    assert metrics_io.read_metrics(str(tmp_path / "device"), "eval")[0]["count"] == N_MOCK
-    host = metrics_io.read_metrics(str(tmp_path / "device"), "train")
-    assert all(np.isfinite(r["loss"]) for r in host)

@@ -47,9 +47,9 @@ if args.die_in_checkpoint >= 0:
     original_save = checkpoint.TrainingCheckpoints.save
     saves = {"n": 0}
 
-    def save_then_die(self, step, state, meta, is_best):
+    def save_then_die(self, step, state, meta, top1):
         saves["n"] += 1
-        original_save(self, step, state, meta, is_best)  # asynchronous: still writing
+        original_save(self, step, state, meta, top1)  # asynchronous: still writing
         if saves["n"] == args.die_in_checkpoint:
             die()
 
