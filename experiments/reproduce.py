@@ -9,7 +9,7 @@ zkd's best / last top-1 (mean ± std over seeds) next to the published numbers.
 
 Rows: comma-separated ``method:teacher:student`` (paper aliases such as R32x4, WRN-40-2, MN-V2 or zkd
 names; ``*`` matches any), or ``table1`` (same-family CIFAR pairs), ``table2`` (different
-families), ``table3`` (ImageNet), ``all``. Methods: kd, dkd, mlkd, ctkd (ImageNet: kd).
+families), ``table3`` (ImageNet), ``all``. Methods: kd, dkd, mlkd, ctkd, on every pair.
 ``--ls``: 0 (baseline), 1 (+LS) or both. Each (row, LS, seed) uses the paper's recipe
 (``zkd.recipes.cifar_distillation`` / ``imagenet_distillation``: per-pair temperature, weight
 and DKD beta of the released logs) and runs in ``WORKDIR_ROOT/<dataset>/<method>[_ls]/<teacher>-<student>/seed<N>``.
@@ -142,7 +142,7 @@ def make_config(row: recipes.Row, ls: bool, seed: int, teacher_checkpoint: str, 
                 runlocal: bool = False, overrides=()):
     """(run name, locked config) of one run: the paper's recipe, then runlocal, then overrides."""
     if row.dataset == "imagenet2012":
-        c = recipes.imagenet_distillation(row.teacher, row.student, ls, seed, teacher_checkpoint)
+        c = recipes.imagenet_distillation(row.teacher, row.student, ls, seed, teacher_checkpoint, row.method)
     else:
         c = recipes.cifar_distillation(row.method, row.teacher, row.student, ls, seed, teacher_checkpoint)
     name = recipes.run_name(c)

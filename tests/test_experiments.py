@@ -115,8 +115,13 @@ TINY = ("student.name=resnet8,teacher.name=resnet8,steps_per_epoch=2,batch_size=
 
 def test_row_selection_and_teacher_layouts(tmp_path):
     rows = reproduce.select_rows("kd:R32x4:R8x4,table3,kd:R32x4:R8x4")
-    assert [(r.method, r.teacher, r.student) for r in rows] == [
-        ("kd", "resnet32x4", "resnet8x4"), ("kd", "ResNet34", "ResNet18"), ("kd", "ResNet50", "MobileNetV1")]
+    table3 = [(m, t, s) for t, s in (("ResNet34", "ResNet18"), ("ResNet50", "MobileNetV1"))
+              for m in ("kd", "dkd", "mlkd", "ctkd")]
+    assert [(r.method, r.teacher, r.student) for r in rows] == [("kd", "resnet32x4", "resnet8x4")] + table3
+    assert all(r.dataset == "imagenet2012" and r.paper for r in rows[1:])  # Table 3: 4 methods x 2 pairs
+    name, config = reproduce.make_config(rows[2], True, 0, "t.pth", "")
+    assert name == "imagenet2012/dkd_ls/ResNet34-ResNet18/seed0"
+    assert reproduce.setting(config) == "T 2, α 9, β 4.5, CE 1"
     assert len(reproduce.select_rows("*:resnet32x4:resnet8x4")) == 4
     assert len(reproduce.select_rows("table1")) == 7 * 4 and len(reproduce.select_rows("table2")) == 7 * 4
     with pytest.raises(reproduce.RowError, match="not in the paper"):

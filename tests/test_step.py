@@ -56,7 +56,8 @@ ALL_CONFIGS = (
     [("cifar100.py", f"method={r.method},teacher={r.teacher},student={r.student},ls={ls}")
      for r in recipes.paper_rows() if r.dataset == "cifar100" for ls in (0, 1)]
     + [("cifar100_teacher.py", f"model={t}") for t in recipes.CIFAR_TEACHERS]
-    + [("imagenet.py", f"teacher={t},student={s},ls={ls}") for t, s in recipes.IMAGENET_PAIRS for ls in (0, 1)]
+    + [("imagenet.py", f"method={r.method},teacher={r.teacher},student={r.student},ls={ls}")
+       for r in recipes.paper_rows() if r.dataset == "imagenet2012" for ls in (0, 1)]
     + [("cifar100.py", "runlocal=1"), ("fashion_mnist.py", "")]
 )
 
@@ -85,6 +86,38 @@ def test_configs_carry_the_per_pair_settings_of_the_released_logs():
     assert (c.num_epochs, c.optimizer.learning_rate, c.loss.kd_weight) == (960, 0.01, 6)
     c = _load_config("imagenet.py", "teacher=ResNet50,student=MobileNetV1,ls=0")
     assert (c.loss.ce_weight, c.loss.kd_weight, c.loss.temperature, c.batch_size) == (0.5, 0.5, 1.0, 512)
+
+
+def test_imagenet_configs_carry_table3_settings_and_numbers():
+    def load(arg):
+        c = _load_config("imagenet.py", arg)
+        return c, c.loss, (c.batch_size, c.num_epochs, c.optimizer.learning_rate)
+
+    c, l, solver = load("teacher=ResNet34,student=ResNet18,ls=1")  # today's arguments: method defaults to kd
+    assert c.method == "kd" and (l.temperature, l.kd_weight, l.ce_weight) == (2, 9, 1.0) and solver == (512, 100, 0.2)
+    assert tuple(c.optimizer.lr_milestones) == (30, 60, 90) and c.optimizer.weight_decay == 1e-4
+    c, l, solver = load("method=dkd,teacher=R34,student=R18,ls=0")
+    assert (l.temperature, l.ce_weight, l.dkd_alpha, l.dkd_beta, l.dkd_warmup_epochs) == (1, 1, 1, 0.5, 1)
+    c, l, solver = load("method=dkd,teacher=ResNet34,student=ResNet18,ls=1")
+    assert (l.temperature, l.ce_weight, l.dkd_alpha, l.dkd_beta) == (2, 1, 9, 4.5) and solver == (512, 100, 0.2)
+    c, l, solver = load("method=dkd,teacher=ResNet50,student=MobileNetV1,ls=1")
+    assert (l.dkd_alpha, l.dkd_beta) == (9, 18) and (c.paper_top1.baseline, c.paper_top1.logit_stand) == (72.05, 72.85)
+    c, l, solver = load("method=mlkd,teacher=ResNet34,student=ResNet18,ls=0")
+    assert (l.temperature, l.ce_weight, l.kd_weight) == (1, 0.5, 0.5) and solver == (512, 100, 0.1)
+    c, l, solver = load("method=mlkd,teacher=ResNet50,student=MobileNetV1,ls=1")
+    assert (l.temperature, l.ce_weight, l.kd_weight) == (2, 0.5, 9) and solver == (512, 100, 0.2)
+    c, l, solver = load("method=ctkd,teacher=ResNet34,student=ResNet18,ls=0")
+    assert (l.ce_weight, l.kd_weight) == (1, 2) and solver == (256, 120, 0.1)
+    c, l, solver = load("method=ctkd,teacher=ResNet50,student=MobileNetV1,ls=1")
+    assert (l.ce_weight, l.kd_weight) == (1, 9) and c.logit_stand and solver == (256, 120, 0.1)
+    table3 = {(r.method, r.teacher, r.student): r.paper for r in recipes.paper_rows() if r.dataset == "imagenet2012"}
+    assert len(table3) == 8 and all(table3.values())
+    assert table3["mlkd", "ResNet50", "MobileNetV1"] == (73.01, 73.22)
+    assert table3["ctkd", "ResNet34", "ResNet18"] == (71.38, 71.81)
+    with pytest.raises(ValueError, match="method must be one of"):
+        _load_config("imagenet.py", "method=crd")
+    with pytest.raises(ValueError, match="ImageNet pairs are"):
+        _load_config("imagenet.py", "method=dkd,teacher=ResNet50,student=ResNet18")
 
 
 def test_config_arguments_and_fields_are_checked():
