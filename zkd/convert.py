@@ -11,16 +11,23 @@ from the PyTorch key ``"m1.....mk.<torch leaf>"`` with
     params             kernel (2-D, IO)    weight (OI), transposed
     params             scale               weight (BatchNorm)
     params             bias                bias
+    params             any other name      the same name (a raw ``nn.Parameter``), as is
     batch_stats        mean                running_mean
     batch_stats        var                 running_var
+    batch_stats        any other name      the same name (a buffer or a ``requires_grad=False``
+                                           parameter), as is
     =================  ==================  ==========================================
+
+A raw tensor (a transformer's ``cls_token``, ``pos_embed``, ...) keeps PyTorch's name and layout
+in Flax, so ``pos_embed`` at the root is the PyTorch key ``"pos_embed"``.
 
 ``num_batches_tracked`` buffers carry no information for inference and are ignored.
 torch is imported only when a file has to be read.
 
 Files: ``from_torch_checkpoint(path_or_state_dict, name, num_classes, zoo)`` reads official
-mdistiller/CRD teacher files (``{"model": state_dict, ...}``) and torchvision state dicts. The
-command ::
+mdistiller/CRD teacher files (``{"model": state_dict, ...}``), the pycls files of the release's
+``tiny-transformers/`` students (``{"model_state": state_dict, ...}``, e.g. ``model.pyth``) and
+torchvision state dicts. The command ::
 
     python -m zkd.convert --checkpoint resnet32x4_vanilla/ckpt_epoch_240.pth \
         --model resnet32x4 --num_classes 100 --output teachers/resnet32x4
@@ -53,15 +60,17 @@ def _torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, Any]:
     *modules, leaf = path
     prefix = ".".join(modules)
     if collection == "batch_stats":
-        name = {"mean": "running_mean", "var": "running_var"}[leaf]
-        return f"{prefix}.{name}", None
+        renamed = {"mean": "running_mean", "var": "running_var"}
+        if leaf in renamed:
+            return f"{prefix}.{renamed[leaf]}", None
+        return ".".join(path), None  # a buffer / fixed parameter of the same name
     if leaf == "kernel":
         return f"{prefix}.weight", "kernel"
     if leaf == "scale":
         return f"{prefix}.weight", None
     if leaf == "bias":
         return f"{prefix}.bias", None
-    raise KeyError(f"no PyTorch counterpart known for Flax leaf {'/'.join(path)}")
+    return ".".join(path), None  # a raw nn.Parameter of the same name and layout
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -178,21 +187,23 @@ def _load_torch_file(path: str, weights_only: bool):
 
 
 def extract_state_dict(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> dict:
-    """The state dict inside a loaded checkpoint: its "model" (mdistiller/CRD teachers) or
-    "state_dict" entry, or the mapping itself when it maps names to tensors (torchvision);
+    """The state dict inside a loaded checkpoint: its "model" (mdistiller/CRD teachers),
+    "model_state" (pycls, the release's transformers) or "state_dict" entry, or the mapping
+    itself when it maps names to tensors (torchvision);
     a DataParallel "module." prefix is removed."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointFileError(
             f"{source} holds a {type(checkpoint).__name__}, not a state dict or a dict with a "
             "'model' entry")
-    for key in ("model", "state_dict"):
+    for key in ("model", "model_state", "state_dict"):
         if isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
             break
     not_arrays = [k for k, v in checkpoint.items() if not hasattr(v, "shape")]
     if not checkpoint or not_arrays:
         raise CheckpointFileError(
-            f"{source} is neither a state dict nor a dict with a 'model' / 'state_dict' entry; "
+            f"{source} is neither a state dict nor a dict with a 'model' / 'model_state' / "
+            "'state_dict' entry; "
             f"its top-level keys: {', '.join(map(str, list(checkpoint)[:20])) or '(none)'}")
     return _strip_data_parallel(checkpoint)
 
@@ -204,7 +215,8 @@ def from_torch_checkpoint(path_or_state_dict, name: str, num_classes: int, zoo: 
     Args:
       path_or_state_dict: a path to a ``torch.save``d file, or the loaded object: an official
         mdistiller/CRD teacher (a dict whose "model" entry is the state dict, e.g.
-        ``resnet32x4_vanilla/ckpt_epoch_240.pth``), or a plain state dict (torchvision).
+        ``resnet32x4_vanilla/ckpt_epoch_240.pth``), a pycls file (its "model_state" entry;
+        the release's transformer students, zoo "vit"), or a plain state dict (torchvision).
         Keys prefixed "module." (DataParallel) are accepted.
       name, num_classes, zoo: the architecture the weights belong to.
       in_channels: image channels the checkpoint's first conv expects.
@@ -228,8 +240,9 @@ def from_torch_checkpoint(path_or_state_dict, name: str, num_classes: int, zoo: 
         source, checkpoint = "the given state dict", path_or_state_dict
     state_dict = extract_state_dict(checkpoint, source)
     model = models.build(name, num_classes=num_classes, zoo=zoo)
+    size = getattr(model, "img_size", 32)  # the "vit" zoo's models take one image size
     template = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, 32, 32, in_channels), jnp.float32), train=False))
+        jax.random.key(0), jnp.zeros((1, size, size, in_channels), jnp.float32), train=False))
     try:
         return state_dict_to_variables(state_dict, template)
     except CheckpointMismatchError as err:
@@ -248,7 +261,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, help="torch.save'd file")
     parser.add_argument("--model", required=True, help="zkd architecture name, e.g. resnet32x4")
     parser.add_argument("--num_classes", type=int, required=True)
-    parser.add_argument("--zoo", default="cifar", choices=("cifar", "imagenet"))
+    parser.add_argument("--zoo", default="cifar", choices=("cifar", "imagenet", "vit"))
     parser.add_argument("--in_channels", type=int, default=3)
     parser.add_argument("--output", required=True, help="new directory to write (never overwritten)")
     parser.add_argument("--unsafe_pickle", action="store_true",

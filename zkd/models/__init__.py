@@ -26,7 +26,7 @@ from typing import Callable, Dict
 
 import flax.linen as nn
 
-ZOOS = ("cifar", "imagenet")
+ZOOS = ("cifar", "imagenet", "vit")  # "vit": the transformer students at 224x224 (docs/paper.md §8)
 
 # zoo -> name -> factory(num_classes, **options) -> nn.Module
 _REGISTRY: Dict[str, Dict[str, Callable[..., nn.Module]]] = {zoo: {} for zoo in ZOOS}
@@ -41,6 +41,7 @@ _ARCHITECTURE_MODULES = (
     "zkd.models.shufflenet",
     "zkd.models.imagenet_resnet",
     "zkd.models.imagenet_mobilenet",
+    "zkd.models.vit",
 )
 _loaded = False
 
@@ -73,7 +74,7 @@ def _load_all():
 
 
 def available(zoo: str = "cifar") -> list[str]:
-    """Sorted names of the architectures of ``zoo`` ("cifar" or "imagenet")."""
+    """Sorted names of the architectures of ``zoo`` (one of ``ZOOS``)."""
     if zoo not in ZOOS:
         raise ValueError(f"zoo must be one of {ZOOS}, got {zoo!r}")
     _load_all()
