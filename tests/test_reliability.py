@@ -48,17 +48,57 @@ def _assert_same_run(a, b):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7), pa, pb)
 
 
-@pytest.mark.parametrize("fault", [["--die_after_batches", "7"], ["--die_in_checkpoint", "2"]],
-                         ids=["sigkill_mid_epoch", "sigkill_while_writing_a_checkpoint"])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, teacher_dir, fault):
-    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    done = _worker(straight, teacher_dir)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    first = _worker(killed, teacher_dir, *fault)
-    assert first.returncode == -9, first.stderr[-2000:]  # SIGKILL
-    second = _worker(killed, teacher_dir)  # the same command again
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, teacher_dir):
+    """The worker's run (and its two-point sweep) without a fault, once per test process."""
+    runs = {}
+    for name, flags in (("single", ()), ("sweep", ("--sweep",))):
+        runs[name] = str(tmp_path_factory.mktemp("straight") / name)
+        done = _worker(runs[name], teacher_dir, *flags)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return runs
+
+
+# (flags of the faulty start, its exit status, the step its checkpoint holds or None, what it prints)
+FAULTS = {
+    "sigkill_mid_epoch": (["--die_after_batches", "7"], -9, None, ""),
+    "sigkill_while_writing_a_checkpoint": (["--die_in_checkpoint", "2"], -9, None, ""),
+    # Batch call 10 is step 3 (teacher eval: 3 calls; epoch 1: 3 steps + 3 eval batches): the run
+    # stops after step 3, mid-epoch, with step 3's metrics not yet logged (log_every_steps 2).
+    "sigterm_mid_epoch": (["--signal_after_batches", "9"], 75, 4,
+                          "error (Preempted): stopped on SIGTERM after step 4; its checkpoint is saved in"),
+    "sigterm_mid_epoch_sweep": (["--sweep", "--signal_after_batches", "9"], 75, 4, "stopped on SIGTERM after step 4"),
+    "step_checkpoints_then_sigkill": (["--checkpoint_every_steps", "2", "--die_after_batches", "11"], -9, 4, ""),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, teacher_dir, uninterrupted, fault):
+    """Real processes: killed (SIGKILL, mid-epoch or mid-write), preempted (SIGTERM: the step
+    finishes, its checkpoint is saved, exit 75; a first Ctrl-C sets the same request, see
+    test_a_second_ctrl_c_aborts_at_once), or saving every 2 steps and then killed;
+    the same command again ends with the parameters and metrics of the uninterrupted run."""
+    flags, status, saved_step, message = FAULTS[fault]
+    sweep = "--sweep" in flags
+    workdir = str(tmp_path / "run")
+    first = _worker(workdir, teacher_dir, *flags)
+    assert first.returncode == status, first.stderr[-3000:]
+    assert message in first.stderr
+    if status == 75:
+        assert f"Run the same command again to resume at step {saved_step}." in first.stderr
+        assert not os.path.exists(os.path.join(workdir, "zkd-hold.json"))  # released on the way out
+    else:
+        assert os.path.exists(os.path.join(workdir, "zkd-hold.json"))  # a SIGKILL leaves a stale hold ...
+    if saved_step is not None:
+        assert checkpoint.TrainingCheckpoints(workdir).latest_step() == saved_step
+    second = _worker(workdir, teacher_dir, *[f for f in flags if f == "--sweep"])  # ... the restart takes over
     assert second.returncode == 0, second.stderr[-3000:]
-    _assert_same_run(straight, killed)
+    if sweep:
+        for name in ("kd1", "kd5"):
+            _assert_same_run(os.path.join(uninterrupted["sweep"], "students", name),
+                             os.path.join(workdir, "students", name))
+    else:
+        _assert_same_run(uninterrupted["single"], workdir)
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_differs(tmp_path, teacher_dir):
@@ -325,3 +365,62 @@ def test_stored_metadata_comparison_for_streamed_datasets_and_damaged_metadata(t
     (tmp_path / "dataset_info.json").write_text('{"name": "cifar1')  # cut short
     with pytest.raises(data.DataCorruptError, match=f"the TFDS metadata in {tmp_path} is not valid JSON"):
         integrity.read_stored_metadata(tmp_path)
+
+
+# ----------------------------------------------------------------------------- one writer per workdir
+
+
+def test_a_second_launch_on_a_held_workdir_stops_naming_the_holder_and_writes_nothing(tmp_path, teacher_dir):
+    from zkd import workdir as workdir_lib
+
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    with workdir_lib.WorkdirHold(workdir):  # a live run (this process) holds it
+        with mock_cifar100(), pytest.raises(workdir_lib.WorkdirBusyError) as err:
+            train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=1), workdir)
+        assert os.listdir(workdir) == ["zkd-hold.json"]  # nothing written
+    message = str(err.value)
+    assert f"workdir {workdir} is in use by another zkd run (host " in message
+    assert f"pid {os.getpid()}, started " in message and "choose another --workdir" in message
+    assert os.listdir(workdir) == []  # released
+
+
+def test_a_stale_hold_is_taken_over_and_a_live_one_from_another_host_is_not(tmp_path):
+    import json
+    import socket
+    import time
+
+    from zkd import workdir as workdir_lib
+
+    hold = tmp_path / "zkd-hold.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    records = {
+        "dead pid on this host": dict(host=socket.gethostname(), pid=int(dead.stdout), pid_start="1"),
+        "expired lease on another host": dict(host="elsewhere", pid=1, renewed=time.time() - 61, lease_seconds=60),
+        "half-written": None,
+    }
+    for why, record in records.items():
+        hold.write_text("{\"host\": " if record is None else json.dumps(record))
+        with workdir_lib.WorkdirHold(str(tmp_path)):
+            assert json.loads(hold.read_text())["pid"] == os.getpid(), why
+        assert not hold.exists()
+    hold.write_text(json.dumps(dict(host="elsewhere", pid=1, started="then", renewed=time.time(), lease_seconds=60)))
+    with pytest.raises(workdir_lib.WorkdirBusyError, match="host elsewhere, pid 1, started then"):
+        with workdir_lib.WorkdirHold(str(tmp_path)):
+            pass
+    assert json.loads(hold.read_text())["host"] == "elsewhere"  # the live holder's hold is left alone
+
+
+def test_a_first_ctrl_c_asks_to_stop_and_a_second_aborts_at_once():
+    import signal
+
+    from zkd import preemption
+
+    with preemption.StopRequests() as stop:
+        handler = signal.getsignal(signal.SIGINT)  # what Python runs on a SIGINT (called here synchronously)
+        assert not stop.should_stop(1)
+        handler(signal.SIGINT, None)
+        assert stop.signal_name == "SIGINT" and stop.should_stop(2)
+        with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+            handler(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -181,7 +181,7 @@ def _first_best(checkpoints, j: int):
     """The first of ``checkpoints`` (with metrics) holding the highest top-1 of student ``j``."""
     best = None
     for info in checkpoints:
-        if info.metrics is None:
+        if info.metrics is None or not info.metrics.get("top1"):  # a mid-epoch checkpoint: not evaluated
             continue
         value = info.metrics["top1"][j]
         if best is None or value > best.metrics["top1"][j]:
@@ -196,7 +196,7 @@ class BestOfEach(ocp.checkpoint_managers.PreservationPolicy):
 
     def should_preserve(self, checkpoints, *, context) -> list[bool]:
         keep = set()
-        with_metrics = [c for c in checkpoints if c.metrics is not None]
+        with_metrics = [c for c in checkpoints if c.metrics is not None and c.metrics.get("top1")]
         for j in range(len(with_metrics[0].metrics["top1"]) if with_metrics else 0):
             keep.add(_first_best(with_metrics, j).step)
         return [c.step in keep for c in checkpoints]
@@ -208,7 +208,8 @@ def _manager(directory: str, keep_every_steps: int | None = None, for_reading: b
         policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every_steps))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        best_fn=lambda metrics: metrics["top1"][0],  # makes orbax store the metrics; BestOfEach reads them
+        # best_fn makes orbax store the metrics; BestOfEach reads them.
+        best_fn=lambda metrics: metrics["top1"][0] if metrics.get("top1") else float("-inf"),
         best_mode="max", create=not for_reading, cleanup_tmp_directories=not for_reading,
     )
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
@@ -262,7 +263,7 @@ class TrainingCheckpoints:
     def best_steps(self) -> list[int]:
         """For each student, the step of its best test top-1 among the kept checkpoints."""
         infos = [_StepInfo(s, self._manager.metrics(s)) for s in sorted(self._manager.all_steps())]
-        with_metrics = [i for i in infos if i.metrics is not None]
+        with_metrics = [i for i in infos if i.metrics is not None and i.metrics.get("top1")]
         n = len(with_metrics[-1].metrics["top1"]) if with_metrics else 0
         return [_first_best(with_metrics, j).step for j in range(n)]
 
@@ -281,9 +282,10 @@ class TrainingCheckpoints:
         )
         return restored["state"], dict(restored["meta"])
 
-    def save(self, step: int, state: Any, meta: dict, top1: list[float]) -> None:
+    def save(self, step: int, state: Any, meta: dict, top1: list[float] | None) -> None:
         """Save ``state`` and ``meta`` at ``step`` with each student's test ``top1`` (which the
-        best-checkpoint policy ranks); asynchronous, one write.
+        best-checkpoint policy ranks; None for a checkpoint taken mid-epoch, without an
+        evaluation: kept only while it is the latest); asynchronous, one write.
 
         Raises:
           CheckpointWriteError: this save, or an earlier one still in flight, could not be
@@ -291,7 +293,7 @@ class TrainingCheckpoints:
         """
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         with self._named_write_errors():
-            self._manager.save(step, args=args, metrics={"top1": [float(t) for t in top1]}, force=True)
+            self._manager.save(step, args=args, metrics={"top1": [float(t) for t in top1 or ()]}, force=True)
 
     def wait(self) -> None:
         """Block until every save is on disk; raises CheckpointWriteError as ``save`` does."""
@@ -300,6 +302,14 @@ class TrainingCheckpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+    def settle(self) -> None:
+        """After the run failed: let the saves in flight (of complete, earlier steps) finish, then
+        close. Never raises, and may follow ``close``."""
+        with contextlib.suppress(Exception):
+            self._manager.wait_until_finished()
+        with contextlib.suppress(Exception):
+            self._manager.close()
 
 
 @dataclasses.dataclass

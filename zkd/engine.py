@@ -235,7 +235,8 @@ def _device_resident(run_step, config, info, mesh):
 
 
 def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
-          teacher: Optional[tuple] = None, mesh: Optional[Mesh] = None, info: Optional[data.DatasetInfo] = None) -> Run:
+          teacher: Optional[tuple] = None, mesh: Optional[Mesh] = None, info: Optional[data.DatasetInfo] = None,
+          abstract: bool = False) -> Run:
     """Build the run ``config`` describes.
 
     Args:
@@ -247,6 +248,10 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
       mesh: default ``zkd.parallel.make_mesh`` over ``config.num_devices``.
       info: the dataset's ``zkd.data.DatasetInfo`` (classes, image shape, sizes); default
         ``config.dataset``'s. A benchmark or test may shrink it; nothing is read until a stream is.
+      abstract: build the state as shapes and dtypes only (``jax.ShapeDtypeStruct``; no
+        initialisation, nothing on the devices): enough to trace the step with
+        ``jax.eval_shape(run.train_step, run.state, batch)``, e.g. to check a config in
+        milliseconds. ``teacher`` variables may then be shapes too.
 
     Raises ConfigError (and the data / teacher errors of zkd.errors) naming what cannot work.
     """
@@ -276,12 +281,16 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
     students, keys = [], []
     for p in points:
         init_key, train_key = jax.random.split(jax.random.key(p.config.seed))
-        students.append(state_lib.create_train_state(init_key, student, info.image_shape, tx,
-                                                     ctkd=config.method == "ctkd"))
+
+        def create(key):
+            return state_lib.create_train_state(key, student, info.image_shape, tx, ctkd=config.method == "ctkd")
+
+        students.append(jax.eval_shape(create, init_key) if abstract else create(init_key))
         keys.append(train_key)
     state = state_lib.RunState(tuple(students), tuple(keys), teacher_variables,
                                None if teacher_model is None else teacher_model.apply)
-    state = parallel.replicate(state, mesh)
+    if not abstract:
+        state = parallel.replicate(state, mesh)
 
     settings = tuple(step_settings(p.config, steps_per_epoch, lr_fn) for p in points)
     vectorize = config.sweep.vectorize

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 
 class ZkdError(Exception):
-    """Base of every named zkd error: the message names the problem and the fix."""
+    """Base of every named zkd error: the message names the problem and the fix.
+
+    ``exit_code``: the ``zkd`` command's exit status for it (1; 75 for a preempted run).
+    """
+
+    exit_code = 1
 
     def message(self) -> str:
         """The one-line message (a ``KeyError`` subclass would otherwise print its repr)."""

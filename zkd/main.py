@@ -44,7 +44,7 @@ def main(argv):
         if os.environ.get("ZKD_TRACEBACK"):
             raise
         print(f"error ({type(err).__name__}): {err.message()}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(err.exit_code)
 
 
 def _train(argv):

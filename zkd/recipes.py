@@ -181,6 +181,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"              # computation dtype: float32 | bfloat16
     c.log_every_steps = 100
     c.checkpoint_every_epochs = 10   # keep a checkpoint every N epochs (latest and best always)
+    c.checkpoint_every_steps = 0     # also save every N steps (mid-epoch; 0: off), for long epochs
     c.num_devices = -1               # -1: all devices
     c.progress_bar = True            # when attached to a terminal
     c.paper_top1 = ml_collections.ConfigDict({"baseline": -1.0, "logit_stand": -1.0})

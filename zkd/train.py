@@ -32,74 +32,16 @@ import numpy as np
 from zkd import checkpoint, data, engine, grid, parallel, recipes
 from zkd.errors import ConfigError, NonFiniteError
 from zkd.metrics_io import MetricWriter, ProgressBar
+from zkd.preemption import Preempted, StopRequests
+from zkd.workdir import WorkdirHold, make_writable, prepare_workdir, write_json
 
-__all__ = ["train_and_evaluate", "fit", "prepare_workdir", "evaluate", "ConfigError", "NonFiniteError",
-           "DataError"]
+__all__ = ["train_and_evaluate", "fit", "evaluate", "ConfigError", "NonFiniteError", "DataError", "Preempted"]
 
 DataError = data.DataError  # labels outside the class range; damaged or mismatched records
 
-# Config fields a resumed run may change (they do not change what is computed).
-RESUMABLE_CHANGES = frozenset({
-    "num_epochs", "log_every_steps", "progress_bar", "checkpoint_every_epochs", "data_dir",
-    "num_devices", "teacher.checkpoint", "eval_batch_size",
-})
 # Step metrics that are not loss terms; a non-finite report names the loss terms first.
 DIAGNOSTICS = ("loss", "grad_norm", "param_norm", "accuracy", "agreement", "learning_rate",
                "logit_std_student", "logit_std_teacher", "ctkd_temperature")
-
-
-# ----------------------------------------------------------------------------- workdir
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> None:
-    """Create ``workdir`` and write ``config.json``; refuse to resume a run with another config."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as err:
-        raise ConfigError(f"workdir {workdir!r} is not writable ({err}); choose another --workdir") from err
-    path = os.path.join(workdir, "config.json")
-    current = json.loads(config.to_json())
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        a, b = _flatten(saved), _flatten(current)
-        # A field added to zkd after the run started is no change while it holds its default.
-        defaults = _flatten(json.loads(recipes.base_config().to_json()))
-        added_at_default = {k for k in set(b) - set(a) if k in defaults and b[k] == defaults[k]}
-        differ = sorted(k for k in set(a) | set(b)
-                        if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES and k not in added_at_default)
-        if differ and not allow_config_change:
-            details = "; ".join(f"{k}: {a.get(k)!r} in the workdir vs {b.get(k)!r} now" for k in differ[:8])
-            raise ConfigError(
-                f"workdir {workdir} holds a different run ({details}). Use another --workdir, or pass "
-                "--allow_config_change to resume it with the new config."
-            )
-    if jax.process_index() == 0:
-        _write_json(path, current)
-
-
-def _write_json(path: str, value) -> None:
-    """Write ``value`` as JSON through a temporary file and a rename (never half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -189,12 +131,35 @@ def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_con
     """Train the students ``points`` (zkd.grid) of ``config`` in ``workdir``: build once, loop once.
 
     One point is a single run (its files in ``workdir``); several are a sweep (see the module
-    docstring). Returns ``{"students": [summary of each point], "dirs": [its directory]}``.
+    docstring). Returns ``{"students": [summary of each point], "dirs": [its directory], "meta"}``.
     ``run``: an already built ``zkd.engine.Run`` of these points (default: built here).
+
+    Raises ``zkd.preemption.Preempted`` after saving a checkpoint when asked to stop (SIGTERM,
+    Ctrl-C); ``zkd.workdir.WorkdirBusyError`` when another live run holds ``workdir``.
     """
+    run = run or engine.build(config, points)
+    make_writable(workdir)
+    with WorkdirHold(workdir), StopRequests() as stop:
+        ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=config.checkpoint_every_epochs
+                                               * run.steps_per_epoch)
+        try:
+            return _fit(config, workdir, points, allow_config_change, run, stop, ckpts)
+        except KeyboardInterrupt:  # a second Ctrl-C: abort at once
+            raise
+        except BaseException:  # a failed step or read: the checkpoints of earlier steps still complete
+            ckpts.settle()
+            raise
+
+
+def _resume_point(meta: dict, spe: int) -> int:
+    """The step a checkpoint's ``meta`` was saved at (epoch ends carry only the epoch)."""
+    return int(meta.get("step", meta["epoch"] * spe))
+
+
+def _fit(config, workdir: str, points: list, allow_config_change: bool, run: engine.Run, stop: StopRequests,
+         ckpts: checkpoint.TrainingCheckpoints) -> dict:
     wall_start = time.time()
     sweep = len(points) > 1 or bool(points[0].name)
-    run = run or engine.build(config, points)
     n, spe = run.num_students, run.steps_per_epoch
 
     # --- workdir, writers
@@ -209,39 +174,45 @@ def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_con
     writers = [MetricWriter(d) for d in dirs]
     all_writers = [MetricWriter(workdir), *writers] if sweep else writers
 
-    # --- resume
-    ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=config.checkpoint_every_epochs * spe)
+    # --- resume (at an epoch end, or mid-epoch after a step checkpoint or a preemption)
+    every_steps = int(config.get("checkpoint_every_steps", 0))
     meta, state = _fresh_meta(n), run.state
     restored = ckpts.restore_latest(run.checkpointable(state))
     if restored is not None:
         saved, meta = restored
         state = run.restore(state, saved)
-        if int(state.step) != meta["epoch"] * spe:
-            raise ConfigError(f"checkpoint step {int(state.step)} does not match epoch {meta['epoch']} x "
+        if int(state.step) != _resume_point(meta, spe):
+            raise ConfigError(f"checkpoint step {int(state.step)} does not match its epoch {meta['epoch']} x "
                               f"{spe} steps per epoch: the batch size or steps_per_epoch changed")
+    start_step = _resume_point(meta, spe)
+    partial = meta.pop("partial", None)  # the unfinished epoch of a mid-epoch checkpoint
     for w in all_writers:  # records written after that checkpoint (a run killed mid-epoch) are redone
-        w.truncate_after(meta["epoch"] * spe)
-    start_epoch = meta["epoch"]
+        w.truncate_after(start_step)
+    start_epoch = start_step // spe
 
     # --- the teacher, measured once
     teacher_predictions = None
     if run.teacher_eval_step is not None and start_epoch < config.num_epochs:
         (t_metrics,), (teacher_predictions,) = evaluate(run.teacher_eval_step, state.teacher_variables,
                                                         run.eval_batches(), run.mesh)
-        if start_epoch == 0:  # a resumed run logged it at its first start
+        if start_step == 0:  # a resumed run logged it at its first start
             for w in all_writers:
                 w.write(0, "teacher", t_metrics)
         print(f"teacher {config.teacher.name}: top-1 {t_metrics['top1']:.2f}%  top-5 {t_metrics['top5']:.2f}%  "
               f"logit std {t_metrics['logit_std']:.3f}  ({int(t_metrics['count'])} test images)", flush=True)
 
     # --- the loop
-    batches = run.train_batches(start_epoch * spe)
+    batches = run.train_batches(start_step)
     bar = ProgressBar(run.total_steps, config.batch_size, enabled=config.progress_bar)
     for epoch in range(start_epoch, config.num_epochs):
         epoch_start = time.perf_counter()
         history: list = []
         epoch_sums: list[dict] = [{} for _ in range(n)]
-        for i in range(spe):
+        seconds_before = 0.0
+        if partial is not None:  # continue the epoch exactly where the checkpoint left it
+            history, epoch_sums, seconds_before = _unpack_partial(partial)
+            partial = None
+        for i in range(start_step - epoch * spe if epoch == start_epoch else 0, spe):
             step = epoch * spe + i
             state, metrics = run.train_step(state, next(batches))
             history.append(metrics)
@@ -249,8 +220,17 @@ def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_con
                 _flush_train_metrics(history, step - len(history) + 1, points, writers, epoch_sums, sweep)
                 history = []
             bar.update(step + 1, epoch + 1)
+            stopping = stop.should_stop(step + 1)
+            if i + 1 < spe and (stopping or (every_steps and (step + 1) % every_steps == 0)):
+                seconds = seconds_before + time.perf_counter() - epoch_start
+                meta["partial"] = _pack_partial(history, step, points, epoch_sums, seconds, sweep)
+                meta["step"] = step + 1
+                ckpts.save(step + 1, run.checkpointable(state), json.loads(json.dumps(meta)), None)
+                del meta["partial"], meta["step"]
+                if stopping:
+                    _stop(stop, step + 1, workdir, ckpts, bar, all_writers)
         jax.block_until_ready(state)
-        epoch_seconds = time.perf_counter() - epoch_start
+        epoch_seconds = seconds_before + time.perf_counter() - epoch_start
         meta["train_seconds"] += epoch_seconds
         meta["train_images"] += spe * config.batch_size
 
@@ -276,6 +256,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_con
             print(f"epoch {epoch + 1}/{config.num_epochs}: {who}{results[best]['top1']:.2f}% "
                   f"(best {meta['students'][best]['best_top1']:.2f}%), "
                   f"{spe * config.batch_size / epoch_seconds:.0f} img/s", flush=True)
+        if stop.signal_name is not None and epoch + 1 < config.num_epochs:
+            _stop(stop, step_now, workdir, ckpts, bar, all_writers)
     bar.close()
     ckpts.wait()
     ckpts.close()
@@ -285,15 +267,39 @@ def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_con
     summaries = [_summary(p.config, meta, j, wall_start) for j, p in enumerate(points)]
     if jax.process_index() == 0:
         for d, s in zip(dirs, summaries):
-            _write_json(os.path.join(d, "summary.json"), s)
+            write_json(os.path.join(d, "summary.json"), s)
     return {"students": summaries, "dirs": dirs, "meta": meta}
 
 
-def _flush_train_metrics(history: list, first_step: int, points: list, writers: list, epoch_sums: list,
-                         sweep: bool) -> None:
-    """Fetch buffered step metrics (a tuple of one dict per student each), stop on the first
-    non-finite value naming the step (and the student in a sweep), log each student's mean."""
+def _stop(stop: StopRequests, step: int, workdir: str, ckpts, bar, writers) -> None:
+    """The checkpoint of ``step`` is being written: finish it, close everything, raise Preempted."""
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
+    for w in writers:
+        w.close()
+    raise Preempted(f"stopped on {stop.signal_name} after step {step}; its checkpoint is saved in "
+                    f"{workdir}/checkpoints. Run the same command again to resume at step {step}.", step)
+
+
+def _pack_partial(history: list, last_step: int, points: list, epoch_sums: list, seconds: float,
+                  sweep: bool) -> dict:
+    """The unfinished epoch as JSON: metrics not yet flushed (checked finite first: nothing of a
+    non-finite step is saved), the epoch's sums so far and its seconds."""
     host = parallel.to_host(history)
+    _check_finite(host, last_step - len(host) + 1, points, sweep)
+    pending = [[{k: float(v) for k, v in m.items()} for m in step_metrics] for step_metrics in host]
+    return {"pending": pending, "epoch_sums": epoch_sums, "seconds": seconds}
+
+
+def _unpack_partial(partial: dict) -> tuple[list, list, float]:
+    """``_pack_partial``'s inverse; metrics come back as the float32 values the step produced."""
+    history = [tuple({k: np.float32(v) for k, v in m.items()} for m in step) for step in partial["pending"]]
+    return history, [dict(s) for s in partial["epoch_sums"]], float(partial["seconds"])
+
+
+def _check_finite(host: list, first_step: int, points: list, sweep: bool) -> None:
+    """Stop on the first non-finite value of host metrics, naming the step (and the student)."""
     for j, point in enumerate(points):
         problem = first_nonfinite([m[j] for m in host], first_step)
         if problem and sweep:
@@ -303,6 +309,14 @@ def _flush_train_metrics(history: list, first_step: int, points: list, writers: 
         if problem:
             raise NonFiniteError(f"{problem}: stopping before any checkpoint of it is written. Lower the learning "
                                  "rate, check the input data, or the loss weights.")
+
+
+def _flush_train_metrics(history: list, first_step: int, points: list, writers: list, epoch_sums: list,
+                         sweep: bool) -> None:
+    """Fetch buffered step metrics (a tuple of one dict per student each), stop on the first
+    non-finite value naming the step (and the student in a sweep), log each student's mean."""
+    host = parallel.to_host(history)
+    _check_finite(host, first_step, points, sweep)
     for j, writer in enumerate(writers):
         rows = [m[j] for m in host]
         writer.write(first_step + len(rows), "train", {k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
