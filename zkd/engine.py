@@ -81,11 +81,31 @@ def steps_per_epoch_of(config, info: Optional[data.DatasetInfo] = None) -> int:
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch > 0 else steps
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("piecewise", "cosine")
+
+
 def make_optimizer(config, steps_per_epoch: int):
-    """``(learning_rate_fn, tx)``: the per-epoch schedule and PyTorch-style SGD of ``config.optimizer``."""
+    """``(learning_rate_fn, tx)``: the per-epoch schedule and the PyTorch-style optimizer of
+    ``config.optimizer`` (zkd.optim). ``name``: "sgd" (SGD with momentum and coupled weight decay,
+    the CNN recipes) or "adamw" (AdamW without decay on biases, norms, tokens and position
+    embeddings, the transformer recipe); ``schedule``: "piecewise" (x ``lr_decay`` at each of
+    ``lr_milestones``) or "cosine" (``warmup_epochs`` of linear warm-up from ``warmup_factor``,
+    then cosine to ``min_lr`` at ``config.num_epochs``)."""
     o = config.optimizer
-    lr_fn = optim.piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
-    return lr_fn, optim.torch_sgd(lr_fn, o.momentum, o.weight_decay)
+    name, schedule = o.get("name", "sgd"), o.get("schedule", "piecewise")
+    if schedule == "piecewise":
+        lr_fn = optim.piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
+    elif schedule == "cosine":
+        lr_fn = optim.warmup_cosine_epoch_schedule(o.learning_rate, steps_per_epoch, config.num_epochs,
+                                                   o.warmup_epochs, o.warmup_factor, o.min_lr)
+    else:
+        raise ConfigError(f"config.optimizer.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if name == "sgd":
+        return lr_fn, optim.torch_sgd(lr_fn, o.momentum, o.weight_decay)
+    if name == "adamw":
+        return lr_fn, optim.torch_adamw(lr_fn, o.weight_decay, o.b1, o.b2, o.eps)
+    raise ConfigError(f"config.optimizer.name={name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.StepSettings:

@@ -1,4 +1,6 @@
-"""Optimizer and learning-rate schedule with PyTorch SGD semantics, as the reference trainers use.
+"""Optimizers and learning-rate schedules with PyTorch semantics, as the reference trainers use.
+
+The CNN recipes (``config.optimizer.name="sgd"``, ``schedule="piecewise"``, the default):
 
 ``torch.optim.SGD(params, lr, momentum=0.9, weight_decay=wd)`` (no Nesterov, no dampening):
 
@@ -9,13 +11,26 @@
 The learning rate is set per epoch: ``base_lr * decay_rate ** (number of milestones <= epoch)``
 with epochs counted from 0 inside the schedule (the reference trainers adjust the rate at the
 start of epochs 150, 180, 210 counted from 1, i.e. after 150 complete epochs).
+
+The transformer students of the release's ``tiny-transformers/`` (docs/paper.md §8;
+``name="adamw"``, ``schedule="cosine"``): ``torch.optim.AdamW`` with the parameter groups of
+``tiny-transformers/pycls/core/optimizer.py`` (no weight decay on 1-D parameters, biases,
+``cls_token``, ``pos_embed*``, ``distill_token``: ``transformer_decay_mask``), and timm's
+``CosineLRScheduler`` stepped once per epoch (``scheduler.step(epoch + 1)`` after each epoch
+in ``pycls/core/trainer.py``): ``warmup_cosine_epoch_schedule``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import optax
+
+# Parameters whose name contains one of these are not decayed (tiny-transformers/pycls/core/optimizer.py).
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "distill_token")
 
 
 def piecewise_epoch_schedule(
@@ -46,3 +61,69 @@ def torch_sgd(
         optax.trace(decay=momentum, nesterov=False),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+def warmup_cosine_epoch_schedule(
+    base_lr: float, steps_per_epoch: int, num_epochs: int, warmup_epochs: int = 0, warmup_factor: float = 1e-3,
+    min_lr: float = 0.0,
+) -> optax.Schedule:
+    """timm's ``CosineLRScheduler(t_initial=num_epochs, lr_min=min_lr, warmup_t=warmup_epochs,
+    warmup_lr_init=warmup_factor * base_lr)`` stepped per epoch (defaults: no warm-up prefix, one cycle).
+
+    With e = step // steps_per_epoch (the epoch, from 0) and w0 = warmup_factor * base_lr::
+
+        e <  warmup_epochs:  lr = w0 + e * (base_lr - w0) / warmup_epochs
+        e >= warmup_epochs:  lr = min_lr + (base_lr - min_lr) * (1 + cos(pi * e / num_epochs)) / 2
+        e >= num_epochs:     lr = min_lr
+
+    The cosine counts epochs from 0, not from the end of the warm-up (timm's ``warmup_prefix=False``).
+    """
+    if steps_per_epoch < 1 or num_epochs < 1:
+        raise ValueError(f"steps_per_epoch and num_epochs must be >= 1, got {steps_per_epoch}, {num_epochs}")
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    w0 = warmup_factor * base_lr
+
+    def schedule(step):
+        epoch = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32)
+        cosine = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + jnp.cos(math.pi * epoch / num_epochs))
+        lr = jnp.where(epoch >= num_epochs, min_lr, cosine)
+        if warmup_epochs > 0:
+            lr = jnp.where(epoch < warmup_epochs, w0 + epoch * ((base_lr - w0) / warmup_epochs), lr)
+        return lr
+
+    return schedule
+
+
+def _path_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+
+
+def transformer_decay_mask(params):
+    """True where the release's optimizer decays a parameter: at least 2-D, not named ``bias``,
+    no ``NO_DECAY_NAMES`` in its name (LayerNorm scales, biases, class / distillation tokens and
+    position embeddings are not decayed; the head follows the same rule)."""
+
+    def decays(path, leaf):
+        names = _path_names(path)
+        if jnp.ndim(leaf) < 2 or (names and names[-1] == "bias"):
+            return False
+        return not any(word in name for name in names for word in NO_DECAY_NAMES)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def torch_adamw(
+    learning_rate: optax.ScalarOrSchedule, weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.999,
+    eps: float = 1e-8, mask=transformer_decay_mask,
+) -> optax.GradientTransformation:
+    """``torch.optim.AdamW(groups, lr, betas=(b1, b2), eps, weight_decay)`` with decay only where
+    ``mask(params)`` is True (default: the release's groups, ``transformer_decay_mask``).
+
+    Torch decays first (``p *= 1 - lr * wd``) then takes the Adam step from the bias-corrected
+    moments; optax's ``adamw`` adds ``wd * p`` to the Adam direction before scaling by ``-lr``:
+    the same update.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)

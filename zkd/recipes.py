@@ -159,9 +159,14 @@ def base_config() -> ml_collections.ConfigDict:
         "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0,
         "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 20.0, "mlkd_mode": "released",
     })
+    # name: sgd | adamw; schedule: piecewise (lr_milestones, lr_decay) | cosine (warmup_epochs from
+    # warmup_factor * learning_rate, then cosine to min_lr at num_epochs); zkd.engine.make_optimizer.
+    # b1, b2, eps: AdamW's only; momentum: SGD's only.
     c.optimizer = ml_collections.ConfigDict({
+        "name": "sgd", "schedule": "piecewise",
         "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
         "lr_milestones": (150, 180, 210), "lr_decay": 0.1,
+        "warmup_epochs": 0, "warmup_factor": 1e-3, "min_lr": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
     })
     c.num_epochs = 240
     c.batch_size = 64                # global
