@@ -13,3 +13,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# gs:// tests: a fake GCS server per session (per xdist worker) and a bucket per test.
+from gcs_fixture import gcs_bucket, gcs_server  # noqa: E402, F401

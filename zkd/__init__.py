@@ -11,6 +11,11 @@ TensorFlow or PyTorch:
 """
 
 import importlib
+import os
+
+# gs:// paths go through etils.epath's fsspec backend (gcsfs), never TensorFlow's gfile, whose GCS
+# endpoint cannot be pointed at a test server; set before any epath URL is used (see zkd.paths).
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 __version__ = "0.1.0"
 

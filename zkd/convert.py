@@ -33,11 +33,13 @@ torchvision state dicts. The command ::
         --model resnet32x4 --num_classes 100 --output teachers/resnet32x4
 
 writes an orbax variables directory (``zkd.checkpoint``) a training config can name as its
-teacher, and prints the parameter count.
+teacher, and prints the parameter count. ``--checkpoint`` and ``--output`` may be in a bucket
+(``gs://...``, zkd.paths).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import Any, Mapping
@@ -46,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zkd import paths
 from zkd.errors import ZkdError
 
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -172,10 +175,14 @@ def _strip_data_parallel(state_dict: Mapping[str, Any]) -> dict:
 def _load_torch_file(path: str, weights_only: bool):
     import torch  # only conversion needs torch
 
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise CheckpointFileError(f"PyTorch checkpoint {path} does not exist or is not a file")
+    source = path
+    if paths.is_remote(path):  # torch.load reads a file object: the whole object, in memory
+        with paths.open(path, "rb") as f:
+            source = io.BytesIO(f.read())
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(source, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
         hint = ""
         if weights_only and "weights_only" in str(err):
@@ -270,7 +277,7 @@ def main(argv=None) -> int:
 
     from zkd import checkpoint, models
 
-    if os.path.exists(args.output):
+    if paths.exists(args.output):
         parser.error(f"--output {args.output} exists already; choose a new directory")
     try:
         variables = from_torch_checkpoint(
@@ -281,7 +288,7 @@ def main(argv=None) -> int:
         return 1
     metadata = {"model": args.model, "zoo": args.zoo, "num_classes": args.num_classes,
                 "in_channels": args.in_channels,
-                "source": os.path.abspath(args.checkpoint)}
+                "source": paths.absolute(args.checkpoint)}
     out = checkpoint.save_variables(args.output, variables, metadata)
     n = models.count_params(variables["params"])
     print(f"{args.model} ({args.zoo}, {args.num_classes} classes): {n:,} parameters -> {out}")

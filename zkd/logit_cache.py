@@ -27,6 +27,14 @@ so a cache of another teacher or other data is refused (``StaleCacheError``), ne
 build writes into ``<directory>.tmp-<pid>`` and renames it when complete, so an interrupted
 build never looks like a cache.
 
+In a bucket (``gs://...``, zkd.paths): a build writes into a local temporary directory, then
+uploads ``logits.npy`` and, last, ``meta.json`` (each upload appears whole): a directory
+without ``meta.json`` is not a cache, and one holding only ``logits.npy`` (an interrupted
+upload) is overwritten by the next build. An object cannot be memory-mapped, so ``open``
+downloads ``logits.npy`` once into a local directory named by the cache's ``meta.json``
+(``$ZKD_CACHE_DIR``, default ``~/.cache/zkd``, then ``logit_caches/<sha256 of meta.json>/``)
+and maps that copy; a later run of the same cache reuses it.
+
 Training with it (the trainer's side): read the stream with ``augmentation_params=True``
 (``zkd.data.train_batches``), then ``attach_teacher_logits(batches, cache)`` replaces the
 augmentation parameters with ``"teacher_logits"`` float32 [b, K], which ``zkd.step`` uses in
@@ -47,6 +55,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -56,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zkd
+from zkd import paths
 from zkd.data import device
 from zkd.data.info import DatasetInfo, get_info
 from zkd.data.pipeline import AUGMENTATION_PARAMS
@@ -237,11 +247,12 @@ def build_cache(
 
     Raises:
       CacheExistsError: ``directory`` holds a cache of other content, or is not a cache.
+    ``directory`` may be in a bucket (``gs://...``): see the module's docstring.
       ValueError: bad arrays, a dataset without crop/flip augmentation, or a teacher logit
         that is not finite in float16.
       Whatever the teacher raises; an interrupted build leaves no complete-looking cache.
     """
-    directory = os.path.abspath(os.fspath(directory))
+    directory = paths.absolute(directory)
     info = get_info(dataset)
     images, labels = _check_arrays(images, labels, info)
     fn = make_variant_logits_fn(teacher_apply_fn, info)  # validates the dataset
@@ -259,9 +270,13 @@ def build_cache(
     variables = jax.tree.map(
         lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
         teacher_variables)
-    tmp = f"{directory}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an earlier process with our pid
-    os.makedirs(tmp)
+    remote = paths.is_remote(directory)
+    if remote:  # built locally, then uploaded (_upload)
+        tmp = tempfile.mkdtemp(prefix="zkd-logit-cache-")
+    else:
+        tmp = f"{directory}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an earlier process with our pid
+        os.makedirs(tmp)
     start_time = last_print = time.perf_counter()
     try:
         logits = None  # float16 [n, v, K] memmap, created when K is known
@@ -317,7 +332,11 @@ def build_cache(
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.write("\n")
-        _publish(tmp, directory, digest)
+        if remote:
+            _upload(tmp, directory, digest)
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _publish(tmp, directory, digest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # ours: created above
         raise
@@ -339,14 +358,24 @@ def _publish(tmp: str, directory: str, digest: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build of the same content won
 
 
+def _upload(tmp: str, directory: str, digest: str) -> None:
+    """Upload the finished local ``tmp`` into the bucket ``directory``: ``meta.json`` last."""
+    if _existing_cache(directory, digest) is not None:  # a concurrent build of the same content won
+        return
+    paths.copy_file(os.path.join(tmp, LOGITS_FILE), paths.join(directory, LOGITS_FILE))
+    paths.copy_file(os.path.join(tmp, META_FILE), paths.join(directory, META_FILE))
+
+
 def _existing_cache(directory: str, digest: str) -> dict | None:
     """The meta of a complete cache of ``digest`` at ``directory``; None when there is nothing to keep."""
-    if not os.path.exists(directory):
+    if not paths.exists(directory):
         return None
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         raise CacheExistsError(f"{directory} exists and is not a directory; choose another --output")
-    if not os.path.exists(os.path.join(directory, META_FILE)):
-        if os.listdir(directory):
+    if not paths.exists(paths.join(directory, META_FILE)):
+        # In a bucket a lone logits.npy is an interrupted upload (_upload): overwritten.
+        leftover = {LOGITS_FILE} if paths.is_remote(directory) else set()
+        if set(paths.listdir(directory)) - leftover:
             raise CacheExistsError(f"{directory} exists, is not empty, and is not a logit cache (no {META_FILE}); "
                                    "choose another --output or delete it yourself")
         return None
@@ -360,8 +389,28 @@ def _existing_cache(directory: str, digest: str) -> dict | None:
 
 
 def _read_meta(directory: str) -> dict:
-    with open(os.path.join(directory, META_FILE)) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(paths.join(directory, META_FILE)))
+
+
+def local_copy_root() -> str:
+    """Where caches read from a bucket are copied to be memory-mapped: ``$ZKD_CACHE_DIR``,
+    default ``~/.cache/zkd``."""
+    return os.environ.get("ZKD_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "zkd")
+
+
+def _local_logits(directory: str, meta: dict) -> str:
+    """A local file holding the cache's ``logits.npy``: itself, or for a cache in a bucket a copy
+    downloaded once into ``local_copy_root()/logit_caches/<sha256 of its meta>/``."""
+    source = paths.join(directory, LOGITS_FILE)
+    if not paths.is_remote(directory):
+        return source
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
+    local_dir = os.path.join(local_copy_root(), "logit_caches", key)
+    local = os.path.join(local_dir, LOGITS_FILE)
+    if not os.path.exists(local):  # copy_file renames a complete download into place
+        os.makedirs(local_dir, exist_ok=True)
+        paths.copy_file(source, local)
+    return local
 
 
 # ----------------------------------------------------------------------------- reading
@@ -379,7 +428,7 @@ class TeacherLogitCache:
     """A complete cache, memory-mapped read-only.
 
     Attributes:
-      directory: absolute path.
+      directory: absolute path, or the bucket URL.
       logits: float16 [N, V, K] read-only memmap.
       meta: the cache's ``meta.json``.
     """
@@ -393,7 +442,8 @@ class TeacherLogitCache:
         """Opens the cache at ``directory`` if it holds ``expected_hash`` (``content_hash``).
 
         ``rebuild_command``: the command that (re)builds it, quoted in errors (default: a
-        template from ``build_command``).
+        template from ``build_command``). A cache in a bucket is downloaded once and the local
+        copy memory-mapped (see the module's docstring).
 
         Raises:
           CacheNotFoundError: no complete cache there (names an interrupted build's leftover).
@@ -401,13 +451,13 @@ class TeacherLogitCache:
             the rebuild command.
           ValueError: ``logits.npy`` does not match ``meta.json`` (a damaged cache).
         """
-        directory = os.path.abspath(os.fspath(directory))
+        directory = paths.absolute(directory)
         command = rebuild_command or build_command(directory)
-        meta_path = os.path.join(directory, META_FILE)
-        if not os.path.exists(meta_path):
-            leftovers = sorted(glob.glob(glob.escape(directory) + ".tmp-*"))
+        meta_path = paths.join(directory, META_FILE)
+        if not paths.exists(meta_path):
+            leftovers = [] if paths.is_remote(directory) else sorted(glob.glob(glob.escape(directory) + ".tmp-*"))
             why = (f"an interrupted build left {', '.join(leftovers)} (delete it); " if leftovers else "")
-            what = "is not a complete logit cache" if os.path.isdir(directory) else "does not exist"
+            what = "is not a complete logit cache" if paths.isdir(directory) else "does not exist"
             raise CacheNotFoundError(f"teacher-logit cache {directory} {what} ({META_FILE} missing); "
                                      f"{why}build it with: {command}")
         meta = _read_meta(directory)
@@ -418,7 +468,7 @@ class TeacherLogitCache:
                 f"the current teacher and data hash to {expected_hash} (format {FORMAT_VERSION}). The teacher's "
                 f"weights, the images or the zkd format changed. Rebuild it into a new directory (or delete this "
                 f"one first): {command}")
-        logits = np.load(os.path.join(directory, LOGITS_FILE), mmap_mode="r")
+        logits = np.load(_local_logits(directory, meta), mmap_mode="r")
         want = (meta["num_examples"], meta["num_variants"], meta["num_classes"])
         if logits.shape != want or logits.dtype != np.float16:
             raise ValueError(f"teacher-logit cache {directory} is damaged: {LOGITS_FILE} is {logits.dtype} "
@@ -515,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TeacherError, data.DataNotFoundError, CacheExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"cache {os.path.abspath(args.output)}, hash {meta['hash']}: serve it with "
+    print(f"cache {paths.absolute(args.output)}, hash {meta['hash']}: serve it with "
           "zkd.logit_cache.TeacherLogitCache.open(directory, hash) and attach_teacher_logits")
     return 0
 

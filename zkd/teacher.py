@@ -5,6 +5,7 @@
 - a PyTorch file (``.pth``/``.pt``/``.tar``), official mdistiller teacher or torchvision
   weights, converted on the fly (needs torch);
 - the workdir of a zkd teacher run (``config.json`` + ``best/``): its best checkpoint.
+Any of them may be in a bucket (``gs://...``, zkd.paths).
 Whatever the source, the variables are checked against the architecture the config names
 (tree, shapes, num_classes) before training starts.
 """
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zkd import checkpoint, models
+from zkd import checkpoint, models, paths
 from zkd.errors import ZkdError
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin")
@@ -62,11 +63,12 @@ def load_teacher(teacher_config, num_classes: int, input_shape: tuple, dtype=jnp
             "(configs/cifar100_teacher.py)"
         )
     path = os.path.expanduser(path)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise TeacherError(f"config.teacher.checkpoint={path!r} does not exist")
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
+    is_dir = paths.isdir(path)
+    if is_dir and paths.exists(paths.join(path, "config.json")):
         variables = _from_zkd_run(path, name, num_classes)
-    elif os.path.isdir(path):
+    elif is_dir:
         variables, meta = checkpoint.restore_variables(path)
         for key, want in (("model", name), ("num_classes", num_classes)):
             if key in meta and meta[key] != want:
@@ -85,8 +87,7 @@ def load_teacher(teacher_config, num_classes: int, input_shape: tuple, dtype=jnp
 
 
 def _from_zkd_run(workdir: str, name: str, num_classes: int):
-    with open(os.path.join(workdir, "config.json")) as f:
-        run_config = json.load(f)
+    run_config = json.loads(paths.read_text(paths.join(workdir, "config.json")))
     trained = run_config.get("student", {}).get("name")
     if trained != name:
         raise TeacherError(

@@ -5,7 +5,8 @@
     python -m zkd.data.prepare --dataset imagenet2012 --source DIR_WITH_ILSVRC2012_TARS --data_dir DIR
 
 Afterwards ``tfds.load(name, data_dir=DIR)`` (and every zkd pipeline) reads the dataset with
-no network.
+no network. ``DIR`` may be in a bucket (``gs://...``): TFDS writes and reads it itself (its
+records through TensorFlow's GCS filesystem, see zkd.paths).
 
 How: TFDS's own builder prepares the dataset (so the stored examples, ids, splits and
 metadata are what ``tfds build`` would write); only its download step is pointed at the local
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from zkd import paths
 from zkd.data import sources
 from zkd.data.info import DATASETS, get_info
 from zkd.data.pipeline import load_arrays
@@ -96,7 +97,8 @@ def prepare(dataset: str, source: str | Path, data_dir: str | Path, *, overwrite
       source: Fashion-MNIST: the directory of the four IDX files (``.gz`` or not); CIFAR:
         the python or binary archive, or its extracted directory; ImageNet: the directory
         holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar.
-      data_dir: the TFDS data directory to write (``DIR/<name>/<version>/``).
+      data_dir: the TFDS data directory to write (``DIR/<name>/<version>/``), local or
+        ``gs://...``.
       overwrite: re-prepare even if the dataset is already there.
       check: run ``verify`` (off only for synthetic test archives of non-standard size).
 
@@ -107,7 +109,7 @@ def prepare(dataset: str, source: str | Path, data_dir: str | Path, *, overwrite
       DataNotFoundError: the source files are missing or not recognised.
     """
     info = get_info(dataset)
-    source, data_dir = Path(source).expanduser(), Path(data_dir).expanduser()
+    source, data_dir = Path(source).expanduser(), paths.path(data_dir).expanduser()
     if not source.exists():
         raise sources.DataNotFoundError(f"source {source} does not exist.\n{sources.how_to_prepare(info.name, str(data_dir))}")
     builder = tfds.builder(info.tfds_name, data_dir=str(data_dir))
@@ -133,7 +135,7 @@ def prepare(dataset: str, source: str | Path, data_dir: str | Path, *, overwrite
             # TFDS has no public hook for the download manager; the builder builds it here.
             builder._make_download_manager = make_download_manager  # noqa: SLF001
         if overwrite and builder.is_prepared():
-            shutil.rmtree(builder.data_dir)
+            paths.rmtree(builder.data_dir)
         builder.download_and_prepare(download_dir=str(work / "downloads"), download_config=config)
     if check:
         return verify(info.name, data_dir)
