@@ -17,12 +17,6 @@ from zkd import checkpoint, logit_cache, metrics_io, paths, teacher
 from zkd.data import DATASETS
 
 CIFAR = DATASETS["cifar100"]
-# zkd.checkpoint's save_variables / restore_variables still take local paths only (os.path.abspath
-# turns gs://b into ./gs:/b). Strict: remove this mark when zkd/checkpoint.py goes through zkd.paths.
-needs_checkpoint_on_paths = pytest.mark.xfail(
-    strict=True, reason="zkd.checkpoint.save_variables/restore_variables not yet on zkd.paths")
-
-
 def subprocess_env(gcs_server, **extra) -> dict:
     """The environment for a child process (a zkd run) that reads and writes the fake bucket."""
     return {**os.environ, **gcs_server.environ, **extra}
@@ -147,7 +141,6 @@ def test_pytorch_teacher_file_in_a_bucket(gcs_bucket, tmp_path):
         teacher.load_teacher(_teacher_config(paths.join(gcs_bucket, "missing.pth")), 100, (32, 32, 3))
 
 
-@needs_checkpoint_on_paths
 def test_converted_teacher_written_to_and_loaded_from_a_bucket(gcs_bucket, tmp_path, capsys, monkeypatch):
     from zkd import convert
 
@@ -166,7 +159,6 @@ def test_converted_teacher_written_to_and_loaded_from_a_bucket(gcs_bucket, tmp_p
     np.testing.assert_allclose(model.apply(variables, images, train=False), logits, rtol=1e-4, atol=1e-4)
 
 
-@needs_checkpoint_on_paths
 def test_variables_round_trip_through_orbax_in_a_bucket(gcs_bucket, tmp_path, monkeypatch):
     """orbax writes the arrays through tensorstore (TENSORSTORE_GCS_HTTP_URL), the rest through epath."""
     monkeypatch.chdir(tmp_path)  # where a path mistaken for a local one would land
@@ -223,3 +215,38 @@ def test_logit_cache_built_into_and_opened_from_a_bucket(gcs_bucket, tmp_path, m
 
 def _files(root) -> list[str]:
     return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+
+
+# ----------------------------------------------------------------------------- a whole run in a bucket
+
+
+def test_a_run_in_a_bucket_killed_and_resumed_ends_as_on_disk_and_teaches_a_student(gcs_bucket, tmp_path):
+    """tests/train_worker.py's KD+LS run with its workdir in the bucket: SIGKILLed mid-epoch (its
+    hold left behind), the same command again takes the hold over and ends with the metrics and
+    parameters of the run on a local disk; every output is in the bucket; a student then distils
+    from that run as its teacher, straight from the bucket."""
+    from tests.test_reliability import _assert_same_run, _worker
+    from tests.train_fixtures import mock_cifar100, save_random_teacher, tiny_config
+    from zkd import checkpoint, metrics_io, train
+
+    teacher = save_random_teacher(str(tmp_path / "teacher"))
+    local, run = str(tmp_path / "local"), f"{gcs_bucket}/runs/kd"
+    done = _worker(local, teacher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _worker(run, teacher, "--die_after_batches", "7")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert "zkd-hold.json" in paths.listdir(run)
+    resumed = _worker(run, teacher)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    objects = list_objects(run)
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        assert name in objects, objects
+    assert any(o.startswith("tensorboard/events.out.tfevents") for o in objects), objects
+    assert checkpoint.TrainingCheckpoints(run).all_steps() == checkpoint.TrainingCheckpoints(local).all_steps()
+    assert "zkd-hold.json" not in objects
+    _assert_same_run(local, run)
+    with mock_cifar100():
+        summary = train.train_and_evaluate(tiny_config("kd", True, run, epochs=1), f"{gcs_bucket}/runs/student")
+    assert summary["epochs"] == 1
+    best = max(r["top1"] for r in metrics_io.read_metrics(run, "eval"))
+    assert metrics_io.read_metrics(f"{gcs_bucket}/runs/student", "teacher")[0]["top1"] == best

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from zkd import paths
 from zkd.errors import ZkdError
 
 _VARIABLES = "variables"
@@ -39,20 +40,19 @@ def save_variables(directory: str | os.PathLike, variables: Any, metadata: dict)
       FileExistsError: ``directory`` exists already (checkpoints are never overwritten).
       TypeError: ``metadata`` is not JSON-serialisable.
     """
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory):
+    directory = paths.absolute(directory)
+    if paths.exists(directory):
         raise FileExistsError(
             f"refusing to overwrite {directory}: it exists already; choose a new directory "
             "or delete it yourself")
     metadata_text = json.dumps(metadata, indent=2, sort_keys=True)
-    os.makedirs(directory)
+    paths.makedirs(directory)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(os.path.join(directory, _VARIABLES), variables)
-        with open(os.path.join(directory, _METADATA), "w") as f:
-            f.write(metadata_text + "\n")
+            checkpointer.save(paths.join(directory, _VARIABLES), variables)
+        paths.write_text_atomic(paths.join(directory, _METADATA), metadata_text + "\n")
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)  # ours: created above; no half checkpoint
+        paths.rmtree(directory, ignore_errors=True)  # ours: created above; no half checkpoint
         raise
     return directory
 
@@ -66,15 +66,15 @@ def restore_variables(directory: str | os.PathLike) -> tuple[Any, dict]:
     Raises:
       FileNotFoundError: ``directory`` is not a variables checkpoint (naming what is missing).
     """
-    directory = os.path.abspath(os.fspath(directory))
+    directory = paths.absolute(directory)
     for part in (_VARIABLES, _METADATA):
-        if not os.path.exists(os.path.join(directory, part)):
+        if not paths.exists(paths.join(directory, part)):
             raise FileNotFoundError(
                 f"{directory} is not a zkd variables checkpoint: {part} is missing "
                 "(write one with `python -m zkd.convert` or zkd.checkpoint.save_variables)")
-    with open(os.path.join(directory, _METADATA)) as f:
+    with paths.open(paths.join(directory, _METADATA)) as f:
         metadata = json.load(f)
-    return _restore_to_host(os.path.join(directory, _VARIABLES)), metadata
+    return _restore_to_host(paths.join(directory, _VARIABLES)), metadata
 
 
 def _restore_to_host(path: str) -> Any:
@@ -159,7 +159,10 @@ def _tree_snapshot(paths: list[str]) -> set:
 def _remove_unfinished_steps(directory: str, settle_seconds: float = 0.5, timeout_seconds: float = 30.0) -> None:
     """Delete orbax's temporary step directories in ``directory`` once nothing writes into them
     (unchanged for ``settle_seconds``, waiting at most ``timeout_seconds``). Complete steps are
-    never touched; a temporary directory is never read back by orbax anyway."""
+    never touched; a temporary directory is never read back by orbax anyway. (In a bucket orbax
+    writes no temporary directories: a step counts once its commit marker exists.)"""
+    if paths.is_remote(directory):
+        return
     def unfinished():
         with contextlib.suppress(OSError):
             return [os.path.join(directory, n) for n in os.listdir(directory) if ".orbax-checkpoint-tmp" in n]
@@ -222,7 +225,7 @@ class TrainingCheckpoints:
     """
 
     def __init__(self, workdir: str, keep_every_steps: int | None = None):
-        self._manager = _manager(os.path.join(os.path.abspath(workdir), _CHECKPOINTS), keep_every_steps)
+        self._manager = _manager(paths.join(paths.absolute(workdir), _CHECKPOINTS), keep_every_steps)
 
     @contextlib.contextmanager
     def _named_write_errors(self):
@@ -333,18 +336,18 @@ def restore_best_student(workdir: str) -> dict | None:
     ``sweep_member.json`` names the sweep's checkpoints and the student's index there).
     Runs written before zkd kept one checkpoint manager (a ``best/`` folder) are read too.
     """
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)
     index = 0
-    member = os.path.join(workdir, _SWEEP_MEMBER)
-    if os.path.exists(member):
-        with open(member) as f:
+    member = paths.join(workdir, _SWEEP_MEMBER)
+    if paths.exists(member):
+        with paths.open(member) as f:
             pointer = json.load(f)
-        workdir, index = os.path.normpath(os.path.join(workdir, pointer["sweep_workdir"])), pointer["index"]
-    old_best = os.path.join(workdir, _OLD_BEST)
-    if os.path.isdir(old_best):
+        workdir, index = paths.normjoin(workdir, pointer["sweep_workdir"]), pointer["index"]
+    old_best = paths.join(workdir, _OLD_BEST)
+    if paths.isdir(old_best):
         return _restore_old_best(old_best)
-    directory = os.path.join(workdir, _CHECKPOINTS)
-    if not os.path.isdir(directory):
+    directory = paths.join(workdir, _CHECKPOINTS)
+    if not paths.isdir(directory):
         return None
     manager = _manager(directory, for_reading=True)
     try:
@@ -360,12 +363,9 @@ def restore_best_student(workdir: str) -> dict | None:
 
 def write_sweep_member(student_dir: str, sweep_workdir: str, index: int, name: str) -> None:
     """Point the student directory of a sweep at the sweep's checkpoints (see restore_best_student)."""
-    text = json.dumps({"sweep_workdir": os.path.relpath(sweep_workdir, student_dir), "index": index,
+    text = json.dumps({"sweep_workdir": paths.relpath(sweep_workdir, student_dir), "index": index,
                        "name": name}, indent=2)
-    tmp = os.path.join(student_dir, _SWEEP_MEMBER + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, os.path.join(student_dir, _SWEEP_MEMBER))
+    paths.write_text_atomic(paths.join(student_dir, _SWEEP_MEMBER), text + "\n")
 
 
 def _restore_old_best(directory: str) -> dict | None:

@@ -20,12 +20,11 @@ zkd.train's docstring.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
 
-from zkd import grid, recipes, train
+from zkd import grid, paths, recipes, train
 from zkd.grid import GridPoint, grid_points, ranking_table  # noqa: F401  (the sweep's public names)
 
 
@@ -43,9 +42,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_ch
               "points": [{"name": p.name, "values": p.values, "workdir": d, **s}
                          for p, d, s in zip(points, out["dirs"], summaries)]}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "sweep.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        with open(os.path.join(workdir, "sweep.md"), "w") as f:
-            f.write(f"# {result['run']}: {len(points)} students, {meta['epoch']} epochs\n\n{table}")
+        paths.write_text_atomic(paths.join(workdir, "sweep.json"), json.dumps(result, indent=2))
+        paths.write_text_atomic(paths.join(workdir, "sweep.md"),
+                                f"# {result['run']}: {len(points)} students, {meta['epoch']} epochs\n\n{table}")
     result["table"] = table
     return result

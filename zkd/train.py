@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from zkd import checkpoint, data, engine, grid, parallel, recipes
+from zkd import checkpoint, data, engine, grid, parallel, paths, recipes
 from zkd.errors import ConfigError, NonFiniteError
 from zkd.metrics_io import MetricWriter, ProgressBar
 from zkd.preemption import Preempted, StopRequests
@@ -164,7 +164,7 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
 
     # --- workdir, writers
     prepare_workdir(config, workdir, allow_config_change)
-    dirs = [os.path.join(workdir, "students", p.name) for p in points] if sweep else [workdir]
+    dirs = [paths.join(workdir, "students", p.name) for p in points] if sweep else [workdir]
     if sweep:
         for j, (p, d) in enumerate(zip(points, dirs)):
             prepare_workdir(p.config, d, allow_config_change)
@@ -267,7 +267,7 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
     summaries = [_summary(p.config, meta, j, wall_start) for j, p in enumerate(points)]
     if jax.process_index() == 0:
         for d, s in zip(dirs, summaries):
-            write_json(os.path.join(d, "summary.json"), s)
+            write_json(paths.join(d, "summary.json"), s)
     return {"students": summaries, "dirs": dirs, "meta": meta}
 
 

@@ -5,9 +5,11 @@ holds another run. ``WorkdirHold`` makes a run the only writer of its workdir fo
 a second launch on a held workdir stops at once with ``WorkdirBusyError`` naming the holder
 (host, pid, start time) and writes nothing.
 
-The hold is the file ``<workdir>/zkd-hold.json`` (process 0 of a run holds it):
+The hold is the file ``<workdir>/zkd-hold.json`` (process 0 of a run holds it), on a local disk
+or in a bucket alike (zkd.paths):
 
-- It is created exclusively (``O_CREAT | O_EXCL``): of two launches at the same moment one wins.
+- It is created exclusively (``O_CREAT | O_EXCL`` locally; in a bucket an upload conditioned on
+  no object of that name existing, ``ifGenerationMatch=0``): of two launches one wins.
 - It names the holder's host, pid, the pid's start time (so a reused pid is not mistaken for
   the holder) and a lease the holder renews every ``lease_seconds / 4`` from a thread.
 - It is released when the run ends, by any exception included. After a ``kill -9`` or a crash
@@ -29,7 +31,7 @@ from typing import Optional
 import jax
 import ml_collections
 
-from zkd import recipes
+from zkd import paths, recipes
 from zkd.errors import ConfigError, ZkdError
 
 HOLD_FILE = "zkd-hold.json"
@@ -61,22 +63,19 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def write_json(path: str, value) -> None:
-    """Write ``value`` as JSON through a temporary file and a rename (never half a file)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write ``value`` as JSON, never half a file (zkd.paths.write_text_atomic: a temporary file
+    and a rename locally, one whole object in a bucket)."""
+    paths.write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def make_writable(workdir: str) -> None:
     """Create ``workdir``; ConfigError naming it when it cannot be created or written."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
-        with open(probe, "w") as f:
+        paths.makedirs(workdir)
+        probe = paths.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
+        with paths.open(probe, "w") as f:
             f.write("ok")
-        os.remove(probe)
+        paths.remove(probe)
     except OSError as err:
         raise ConfigError(f"workdir {workdir!r} is not writable ({err}); choose another --workdir") from err
 
@@ -84,10 +83,10 @@ def make_writable(workdir: str) -> None:
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> None:
     """Create ``workdir`` and write ``config.json``; refuse to resume a run with another config."""
     make_writable(workdir)
-    path = os.path.join(workdir, "config.json")
+    path = paths.join(workdir, "config.json")
     current = json.loads(config.to_json())
-    if os.path.exists(path):
-        with open(path) as f:
+    if paths.exists(path):
+        with paths.open(path) as f:
             saved = json.load(f)
         a, b = _flatten(saved), _flatten(current)
         # A field added to zkd after the run started is no change while it holds its default.
@@ -132,7 +131,7 @@ class WorkdirHold:
     """Context manager: hold ``workdir`` for one run (process 0; other processes hold nothing)."""
 
     def __init__(self, workdir: str, lease_seconds: float = LEASE_SECONDS):
-        self.path = os.path.join(workdir, HOLD_FILE)
+        self.path = paths.join(workdir, HOLD_FILE)
         self.workdir = workdir
         self.lease_seconds = lease_seconds
         self._record: Optional[dict] = None
@@ -177,17 +176,11 @@ class WorkdirHold:
 
     # --- internals
     def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._record, f)
-        return True
+        return paths.create_exclusive(self.path, json.dumps(self._record))
 
     def _read(self) -> Optional[dict]:
         try:
-            with open(self.path) as f:
+            with paths.open(self.path) as f:
                 return json.load(f)
         except FileNotFoundError:
             return None
@@ -207,7 +200,7 @@ class WorkdirHold:
                                                               and current.get("host") == socket.gethostname()))
         if same or (current == {} and holder == {}):
             try:
-                os.remove(self.path)
+                paths.remove(self.path)
             except FileNotFoundError:
                 pass
 
