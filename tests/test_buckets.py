@@ -250,3 +250,50 @@ def test_a_run_in_a_bucket_killed_and_resumed_ends_as_on_disk_and_teaches_a_stud
     assert summary["epochs"] == 1
     best = max(r["top1"] for r in metrics_io.read_metrics(run, "eval"))
     assert metrics_io.read_metrics(f"{gcs_bucket}/runs/student", "teacher")[0]["top1"] == best
+
+
+def test_the_workdir_hold_in_a_bucket_is_exclusive_and_a_stale_one_is_taken_over(gcs_bucket):
+    import socket
+    import time
+
+    from zkd import workdir as workdir_lib
+
+    run = f"{gcs_bucket}/runs/held"
+    hold = paths.join(run, workdir_lib.HOLD_FILE)
+    with workdir_lib.WorkdirHold(run):
+        assert json.loads(paths.read_text(hold))["pid"] == os.getpid()
+        with pytest.raises(workdir_lib.WorkdirBusyError, match=f"pid {os.getpid()}"):
+            with workdir_lib.WorkdirHold(run):
+                pass
+    assert not paths.exists(hold)  # released
+    # A holder on another host whose lease lapsed (it was killed): taken over; a live one is not.
+    paths.write_text_atomic(hold, json.dumps(dict(host="elsewhere", pid=1, renewed=time.time() - 61,
+                                                  lease_seconds=60)))
+    with workdir_lib.WorkdirHold(run):
+        assert json.loads(paths.read_text(hold))["host"] == socket.gethostname()
+    paths.write_text_atomic(hold, json.dumps(dict(host="elsewhere", pid=1, started="then", renewed=time.time(),
+                                                  lease_seconds=60)))
+    with pytest.raises(workdir_lib.WorkdirBusyError, match="host elsewhere"):
+        with workdir_lib.WorkdirHold(run):
+            pass
+
+
+# ----------------------------------------------------------------------------- experiments/
+
+
+def test_toy_case_figure_written_to_a_bucket(gcs_bucket, tmp_path, monkeypatch):
+    """experiments/toy_case.py --out gs://...: the PNG is one object in the bucket, nothing local."""
+    import importlib.util
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "toy_case.py")
+    spec = importlib.util.spec_from_file_location("experiments_toy_case_bucket", script)
+    toy_case = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy_case)
+    monkeypatch.chdir(tmp_path)  # where a path mistaken for a local one would land
+    out = paths.join(gcs_bucket, "figures", "toy_case.png")
+    toy_case.main(["--out", out])
+    assert list_objects(gcs_bucket) == ["figures/toy_case.png"]
+    with paths.open(out, "rb") as f:
+        png = f.read()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert not os.listdir(tmp_path)  # nothing written locally
