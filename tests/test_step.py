@@ -63,6 +63,8 @@ ALL_CONFIGS = (
     + [("imagenet.py", f"method={r.method},teacher={r.teacher},student={r.student},ls={ls}")
        for r in recipes.paper_rows() if r.dataset == "imagenet2012" for ls in (0, 1)]
     + [("cifar100.py", "runlocal=1"), ("fashion_mnist.py", "")]
+    + [("cifar100_vit.py", f"student={s},ls={ls},runlocal=1") for s in recipes.VIT_STUDENTS for ls in (0, 1)]
+    + [("cifar100_vit.py", "student=pit_tiny,method=ce,runlocal=1")]
 )
 
 
@@ -71,7 +73,9 @@ def test_every_config_builds_and_traces_one_step(filename, arg):
     config = _load_config(filename, arg)
     assert config.is_locked
     run, settings = _build(config, abstract=True)  # shapes only: tracing needs no initialised weights
-    new_state, metrics = jax.eval_shape(run.train_step, run.state, _batch(settings))
+    size = config.student_input_size  # the transformer students' view (the teacher's is resized in the step)
+    batch = _batch(settings, image_shape=(size, size, 3) if size else (16, 16, 3))
+    new_state, metrics = jax.eval_shape(run.train_step, run.state, batch)
     assert metrics[0]["loss"].shape == () and metrics[0]["loss"].dtype == jnp.float32
     assert jax.tree.structure(new_state.students) == jax.tree.structure(run.state.students)
 

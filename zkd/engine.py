@@ -70,6 +70,51 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field in ("num_epochs", "batch_size", "eval_batch_size"):
         if config[field] < 1:
             raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
+    _validate_input_sizes(config)
+
+
+def _validate_input_sizes(config) -> None:
+    """The transformer students' fields: student / teacher input sizes, augmentation, KD head."""
+    student_size, teacher_size = config.get("student_input_size", 0), config.get("teacher_input_size", 0)
+    augmentation = config.get("augmentation", "")
+    if augmentation not in data.pipeline.AUGMENTATIONS:
+        raise ConfigError(f"config.augmentation={augmentation!r}; valid: "
+                          f"{', '.join(map(repr, data.pipeline.AUGMENTATIONS))}")
+    if student_size < 0 or teacher_size < 0:
+        raise ConfigError(f"config.student_input_size / teacher_input_size must be >= 0 (0: the dataset's size), "
+                          f"got {student_size} / {teacher_size}")
+    if student_size or augmentation:
+        why = ("MLKD's two views" if config.method == "mlkd" else
+               "device-resident data" if config.device_resident_data else
+               "a teacher-logit cache" if config.teacher.get("logit_cache", "") else
+               f"{config.dataset} (a streamed dataset)" if not data.DATASETS[config.dataset].in_memory else "")
+        if why:
+            raise ConfigError(f"config.student_input_size / config.augmentation cannot serve {why}")
+    img_size = student_options(config).get("img_size")
+    if img_size is not None and student_size and img_size != student_size:
+        raise ConfigError(f"config.student.options.img_size={img_size} but config.student_input_size={student_size}: "
+                          "the student would not get the images it is built for; set both")
+    kd_logits = config.loss.get("kd_logits", "")
+    if kd_logits and config.method not in ("kd", "ctkd"):
+        raise ConfigError(f"config.loss.kd_logits={kd_logits!r} serves methods kd and ctkd, not {config.method!r}")
+
+
+def student_options(config) -> dict:
+    """``config.student.options`` as keyword arguments of the student's factory (e.g. ``img_size``)."""
+    options = config.student.get("options", None)
+    return {} if options is None else dict(options.to_dict() if hasattr(options, "to_dict") else options)
+
+
+def student_image_shape(config, info: data.DatasetInfo) -> tuple:
+    """(H, W, C) the student sees: ``config.student_input_size`` squared, or the dataset's shape."""
+    size = config.get("student_input_size", 0)
+    return (size, size, info.image_shape[2]) if size else tuple(info.image_shape)
+
+
+def teacher_image_shape(config, info: data.DatasetInfo) -> tuple:
+    """(H, W, C) the teacher sees: ``config.teacher_input_size`` squared, or the student's view."""
+    size = config.get("teacher_input_size", 0)
+    return (size, size, info.image_shape[2]) if size else student_image_shape(config, info)
 
 
 def steps_per_epoch_of(config, info: Optional[data.DatasetInfo] = None) -> int:
@@ -116,6 +161,7 @@ def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.St
         logit_stand=bool(config.logit_stand), ce_weight=float(l.ce_weight), kd_weight=float(l.kd_weight),
         temperature=float(l.temperature), dkd_alpha=float(l.dkd_alpha), dkd_beta=float(l.dkd_beta),
         dkd_warmup_epochs=float(l.dkd_warmup_epochs), mlkd_mode=l.mlkd_mode,
+        teacher_input_size=int(config.get("teacher_input_size", 0)), kd_logits=l.get("kd_logits", ""),
     )
 
 
@@ -189,7 +235,7 @@ class Run:
             return self._eval_cache
         c = self.config
         batches = data.eval_batches(c.dataset, data_dir=c.data_dir or None, split="test",
-                                    global_batch_size=c.eval_batch_size)
+                                    global_batch_size=c.eval_batch_size, image_size=c.get("student_input_size", 0))
         if c.max_eval_batches >= 0:
             batches = itertools.islice(batches, c.max_eval_batches)
         if not self.info.in_memory:
@@ -225,7 +271,9 @@ def _local_train_stream(config, info, teacher_variables, start_step: int, two_vi
                   two_views=two_views)
     path = config.teacher.get("logit_cache", "")
     if not path:
-        return data.train_batches(config.dataset, data_dir=config.data_dir or None, **kwargs)
+        return data.train_batches(config.dataset, data_dir=config.data_dir or None,
+                                  image_size=config.get("student_input_size", 0),
+                                  augmentation=config.get("augmentation", ""), **kwargs)
     from zkd import logit_cache
     from zkd.data import pipeline
 
@@ -290,11 +338,13 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
             raise ConfigError(str(err)) from err
     dtype = DTYPES[config.dtype]
 
-    student = models.build(config.student.name, info.num_classes, zoo=config.student.zoo, dtype=dtype)
+    student = models.build(config.student.name, info.num_classes, zoo=config.student.zoo, dtype=dtype,
+                           **student_options(config))
+    student_shape = student_image_shape(config, info)
     teacher_model, teacher_variables = None, None
     if config.method != "ce":
         teacher_model, teacher_variables = teacher if teacher is not None else load_teacher(
-            config.teacher, info.num_classes, info.image_shape, dtype)
+            config.teacher, info.num_classes, teacher_image_shape(config, info), dtype)
 
     steps_per_epoch = steps_per_epoch_of(config, info)
     lr_fn, tx = make_optimizer(config, steps_per_epoch)
@@ -303,7 +353,7 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
         init_key, train_key = jax.random.split(jax.random.key(p.config.seed))
 
         def create(key):
-            return state_lib.create_train_state(key, student, info.image_shape, tx, ctkd=config.method == "ctkd")
+            return state_lib.create_train_state(key, student, student_shape, tx, ctkd=config.method == "ctkd")
 
         students.append(jax.eval_shape(create, init_key) if abstract else create(init_key))
         keys.append(train_key)
@@ -321,6 +371,6 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
     train_step = parallel.jit_train_step(run_step, mesh, batch_replicated=device_data is not None)
     eval_step = parallel.jit_eval_step(step_lib.make_run_eval_step(student.apply, len(points), vectorize), mesh)
     teacher_eval = None if teacher_model is None else parallel.jit_eval_step(
-        step_lib.make_eval_step(teacher_model.apply), mesh)
+        step_lib.make_eval_step(teacher_model.apply, config.get("teacher_input_size", 0)), mesh)
     return Run(config, points, info, mesh, student, teacher_model, teacher_variables, steps_per_epoch, lr_fn, tx,
                settings, state, train_step, eval_step, teacher_eval, device_data)

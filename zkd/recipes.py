@@ -149,7 +149,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = "cifar100"           # a key of zkd.data.DATASETS
     c.data_dir = ""                  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets)
     c.device_resident_data = False   # CIFAR / Fashion-MNIST: uint8 images on the devices, augmented in the step
-    c.student = ml_collections.ConfigDict({"name": "resnet8x4", "zoo": "cifar"})
+    # student.options: keyword arguments of the model's factory (zoo "vit": img_size, drop_path_rate).
+    c.student = ml_collections.ConfigDict({"name": "resnet8x4", "zoo": "cifar", "options": {}})
+    # The transformer students (docs/paper.md §8): the student sees the training and test images at
+    # student_input_size (0: the dataset's size; training upsampled bicubically, test bilinearly) and
+    # the teacher sees the student's view resized bilinearly to teacher_input_size (0: unchanged)
+    # inside the step. augmentation: "" (the dataset's) | "random_resized_crop" (zkd.data.pipeline).
+    c.student_input_size = 0
+    c.teacher_input_size = 0
+    c.augmentation = ""
     # teacher.checkpoint: a converted checkpoint dir (python -m zkd.convert), a PyTorch .pth
     # (converted on the fly), or the workdir of a zkd teacher run (its best checkpoint).
     # teacher.logit_cache: a directory built by `python -m zkd.logit_cache` for this teacher and
@@ -158,6 +166,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict({
         "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0,
         "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 20.0, "mlkd_mode": "released",
+        # "": KD on the student's output; "distill_logits": on the logits the student sows under that
+        # name (DeiT's distillation head), CE staying on the output (kd, ctkd).
+        "kd_logits": "",
     })
     # name: sgd | adamw; schedule: piecewise (lr_milestones, lr_decay) | cosine (warmup_epochs from
     # warmup_factor * learning_rate, then cosine to min_lr at num_epochs); zkd.engine.make_optimizer.
@@ -280,6 +291,74 @@ def cifar_distillation(method: str, teacher: str, student: str, logit_stand: boo
     paper = PAPER_TOP1.get((method, teacher, student))
     if paper:
         c.paper_top1.baseline, c.paper_top1.logit_stand = paper
+    return c
+
+
+# The transformer students of the release's tiny-transformers/ (docs/paper.md §8): zoo "vit".
+VIT_STUDENTS = ("deit_tiny", "t2t_vit_7", "pit_tiny", "pvt_tiny")
+# (base temperature, KD weight with LS) per student. Where the stored yaml files and the released
+# log names disagree (docs/paper.md §8), the log name wins: it names the run behind the published
+# number. DeiT: deit-ti_c100_KD_ours_3_10 (yaml versions: 2/10, 3/9); T2T-ViT-7: t2t-7_c100_KD_ours_3_6
+# (yaml: 3/9); PiT and PVT: their yaml (LOGIT_TEMP 2, EXTRA_WEIGHT_IN default 9), logs without suffix.
+VIT_LS_SETTINGS = {"deit_tiny": (3.0, 10.0), "t2t_vit_7": (3.0, 6.0), "pit_tiny": (2.0, 9.0), "pvt_tiny": (2.0, 9.0)}
+# Published top-1 (%), (Base: the student without distillation, KD+LS); release tiny-transformers/README.md.
+VIT_PAPER_TOP1 = {"deit_tiny": (65.08, 78.55), "t2t_vit_7": (69.37, 78.43), "pit_tiny": (73.58, 78.76),
+                  "pvt_tiny": (69.22, 78.43)}
+VIT_CE_WEIGHT = 0.5
+VIT_IMG_SIZE, VIT_TEACHER_IMG_SIZE = 224, 32
+
+
+def cifar100_vit(student: str, logit_stand: bool, method: str = "kd", seed: int = 0,
+                 teacher_checkpoint: str = "", teacher: str = "resnet56") -> ml_collections.ConfigDict:
+    """The release's recipe for a transformer student distilled from ResNet-56 on CIFAR-100
+    (docs/paper.md §8): images at 224 (random-resized crop + flip), the teacher at 32, AdamW 5e-4
+    with weight decay 0.05, 20 warm-up epochs from 1e-3 x lr, cosine to 5e-6 at 300 epochs, batch
+    128 (test 200).
+
+    ``method="kd"``: loss = VIT_CE_WEIGHT * CE + kd_weight * T^2 KL(standardized logits / T), with
+    (T, kd_weight) = VIT_LS_SETTINGS[student] with LS; without LS the release's plain soft KD:
+    the same T, weight LOGIT_WEIGHT = 1 on raw logits. CE weight 0.5: the released trainer versions
+    weight CE by 1 - LOGIT_WEIGHT (= 0 with the yaml's LOGIT_WEIGHT 1) or by 0.5; the released logs'
+    CE values (PiT ~2.36) fit 0.5. DeiT distils into its distillation head
+    (``loss.kd_logits="distill_logits"``), as the release does. ``method="ce"``: the Base row (the
+    release's ``*_base.yaml``, no teacher).
+    """
+    student = canonical(student)
+    if student not in VIT_STUDENTS:
+        raise ValueError(f"student must be one of {VIT_STUDENTS}, got {student!r}")
+    if method not in ("kd", "ce"):
+        raise ValueError(f"method must be kd or ce, got {method!r}")
+    c = base_config()
+    c.method, c.logit_stand, c.seed = method, bool(logit_stand) and method == "kd", seed
+    c.student.name, c.student.zoo = student, "vit"
+    c.student.options = ml_collections.ConfigDict({"img_size": VIT_IMG_SIZE})
+    c.student_input_size = VIT_IMG_SIZE
+    c.augmentation = "random_resized_crop"
+    c.num_epochs, c.batch_size, c.eval_batch_size = 300, 128, 200
+    o = c.optimizer
+    o.name, o.schedule, o.learning_rate, o.weight_decay = "adamw", "cosine", 5e-4, 0.05
+    o.warmup_epochs, o.warmup_factor, o.min_lr = 20, 1e-3, 5e-6
+    base, ls = VIT_PAPER_TOP1[student]
+    if method == "ce":
+        c.paper_top1.baseline = base
+        return c
+    c.teacher.name, c.teacher.zoo, c.teacher.checkpoint = canonical(teacher), "cifar", teacher_checkpoint
+    c.teacher_input_size = VIT_TEACHER_IMG_SIZE
+    temperature, weight = VIT_LS_SETTINGS[student]
+    c.loss.ce_weight, c.loss.temperature = VIT_CE_WEIGHT, temperature
+    c.loss.kd_weight = weight if c.logit_stand else 1.0
+    c.loss.kd_logits = "distill_logits" if student == "deit_tiny" else ""
+    c.paper_top1.logit_stand = ls  # no KD-without-LS number is published: baseline stays -1
+    return c
+
+
+def shrink_vit_for_local_run(c: ml_collections.ConfigDict, image_size: int = 64) -> ml_collections.ConfigDict:
+    """``runlocal`` for a transformer student: ``shrink_for_local_run`` at ``image_size`` (every
+    student patches 64: DeiT 4x4 tokens, PVT's strides multiply to 32), one warm-up epoch."""
+    shrink_for_local_run(c)
+    c.student.options.img_size = image_size
+    c.student_input_size = image_size
+    c.optimizer.warmup_epochs = 1
     return c
 
 

@@ -25,6 +25,12 @@ N), each with its own settings and hyper-parameters, written out one after the o
 batched with ``jax.vmap``. A batch may carry precomputed ``"teacher_logits"``
 (zkd.logit_cache); the step then skips the teacher's forward pass.
 
+Input sizes: with ``StepSettings.teacher_input_size`` > 0 the teacher sees each view resized
+bilinearly to that size inside the step (``resize_images``; the transformer students see CIFAR
+upsampled to 224 and the teacher the same image at 32, docs/paper.md §8). With
+``StepSettings.kd_logits`` the KD term distils into the logits the student sows under that
+name (``intermediates/<name>``: DeiT's distillation head) while CE stays on its output.
+
 Randomness: each student has a key (from its seed); the step folds in the step number and
 hands it to the model as its ``"dropout"`` stream (dropout, stochastic depth), so a resumed
 run draws exactly what an uninterrupted one draws. Models without randomness ignore it.
@@ -85,12 +91,16 @@ class StepSettings:
     dkd_beta: float = 8.0
     dkd_warmup_epochs: float = 20.0
     mlkd_mode: str = "released"
+    teacher_input_size: int = 0  # > 0: the teacher sees each view resized to this square size
+    kd_logits: str = ""  # "": KD on the student's output; else on its sown intermediates/<kd_logits>
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.kd_logits and self.method not in ("kd", "ctkd"):
+            raise ValueError(f"kd_logits={self.kd_logits!r} serves methods kd and ctkd, not {self.method!r}")
 
     @property
     def needs_teacher(self) -> bool:
@@ -120,14 +130,17 @@ def _with_ls(settings: StepSettings, hp: LossHParams, loss: Callable[[bool], Any
 
 
 def loss_terms(settings: StepSettings, params, student_logits, teacher_logits, labels, epoch,
-               hparams: LossHParams | None = None) -> dict:
+               hparams: LossHParams | None = None, kd_student_logits=None) -> dict:
     """The named loss terms (float32 scalars) whose sum is the training loss.
 
     ``student_logits`` / ``teacher_logits`` are [B, K] arrays, or (weak, strong) pairs for MLKD.
     ``hparams``: the numeric hyper-parameters (default: ``settings.hparams()``).
+    ``kd_student_logits``: [B, K] the KD term distils into instead of ``student_logits`` (KD and
+    CTKD; DeiT's distillation head), CE staying on ``student_logits``.
     """
     s = settings
     hp = s.hparams() if hparams is None else hparams
+    kd_student = student_logits if kd_student_logits is None else kd_student_logits
     if s.method == "mlkd":
         (zw, zs), (vw, vs) = student_logits, teacher_logits
         terms = {"ce": hp.ce_weight * (losses.cross_entropy(zw, labels) + losses.cross_entropy(zs, labels))}
@@ -137,7 +150,7 @@ def loss_terms(settings: StepSettings, params, student_logits, teacher_logits, l
         return terms
     terms = {"ce": hp.ce_weight * losses.cross_entropy(student_logits, labels)}
     if s.method == "kd":
-        kd = _with_ls(s, hp, lambda ls: losses.kd_loss(student_logits, teacher_logits, hp.temperature, ls))
+        kd = _with_ls(s, hp, lambda ls: losses.kd_loss(kd_student, teacher_logits, hp.temperature, ls))
         terms["kd"] = hp.kd_weight * kd
     elif s.method == "dkd":
         warmup = losses.dkd_warmup(epoch, s.dkd_warmup_epochs)
@@ -145,7 +158,7 @@ def loss_terms(settings: StepSettings, params, student_logits, teacher_logits, l
             student_logits, teacher_logits, labels, hp.dkd_alpha, hp.dkd_beta, hp.temperature, ls))
     elif s.method == "ctkd":
         temperature = losses.ctkd_temperature(params["ctkd"]["p"], losses.ctkd_lambda(epoch))
-        kd = _with_ls(s, hp, lambda ls: losses.kd_loss(student_logits, teacher_logits, temperature, ls))
+        kd = _with_ls(s, hp, lambda ls: losses.kd_loss(kd_student, teacher_logits, temperature, ls))
         terms["kd"] = hp.kd_weight * kd
     return terms
 
@@ -154,8 +167,19 @@ def _views(settings: StepSettings, batch: dict) -> tuple:
     return (batch["image_weak"], batch["image_strong"]) if settings.two_views else (batch["image"],)
 
 
+def resize_images(images: jax.Array, size: int) -> jax.Array:
+    """[B, H, W, C] -> [B, size, size, C], bilinear without antialiasing: PyTorch's
+    ``F.interpolate(x, size, mode="bilinear", align_corners=False)``, which the release applies
+    before its teacher (tiny-transformers/pycls/models/distill.py). Unchanged at that size already."""
+    if size <= 0 or images.shape[1:3] == (size, size):
+        return images
+    shape = (images.shape[0], size, size, images.shape[3])
+    return jax.image.resize(images, shape, method="bilinear", antialias=False).astype(images.dtype)
+
+
 def teacher_logits_of_batch(settings: StepSettings, teacher_apply_fn, teacher_variables, batch: dict):
     """The teacher's float32 logits for each view of ``batch`` (a tuple), or None without a teacher.
+    Each view is resized to ``settings.teacher_input_size`` first when that is > 0.
 
     Precomputed ``batch["teacher_logits"]`` (a [B, K] array, e.g. float16 from
     zkd.logit_cache; single-view methods only) is used as given, cast to float32.
@@ -169,8 +193,10 @@ def teacher_logits_of_batch(settings: StepSettings, teacher_apply_fn, teacher_va
     if teacher_apply_fn is None:
         raise ValueError(f"method {settings.method!r} needs a teacher: the state has none and the batch "
                          "carries no teacher_logits")
-    return tuple(jax.lax.stop_gradient(teacher_apply_fn(teacher_variables, v, train=False).astype(jnp.float32))
-                 for v in _views(settings, batch))
+    size = settings.teacher_input_size
+    return tuple(jax.lax.stop_gradient(
+        teacher_apply_fn(teacher_variables, resize_images(v, size), train=False).astype(jnp.float32))
+        for v in _views(settings, batch))
 
 
 def student_update(settings: StepSettings, state: TrainState, hparams: LossHParams, batch: dict, teacher,
@@ -187,23 +213,27 @@ def student_update(settings: StepSettings, state: TrainState, hparams: LossHPara
     views = _views(s, batch)
     epoch = (state.step // s.steps_per_epoch + 1).astype(jnp.float32)
 
+    mutable = ["batch_stats", "intermediates"] if s.kd_logits else ["batch_stats"]
+
     def loss_fn(params):
         batch_stats = state.batch_stats
-        student = []
+        student, kd_student = [], None
         for v, images in enumerate(views):  # MLKD: two forward passes, each updating the running statistics
             rngs = None if rng is None else {"dropout": jax.random.fold_in(rng, v) if v else rng}
             logits, updates = state.apply_fn(
                 {"params": params["student"], "batch_stats": batch_stats},
                 images,
                 train=True,
-                mutable=["batch_stats"],
+                mutable=mutable,
                 rngs=rngs,
             )
             batch_stats = updates["batch_stats"]
             student.append(logits.astype(jnp.float32))
+            if s.kd_logits:
+                kd_student = sown_logits(updates, s.kd_logits)
         student_logits = tuple(student) if s.two_views else student[0]
         teacher_logits = None if teacher is None else (teacher if s.two_views else teacher[0])
-        terms = loss_terms(s, params, student_logits, teacher_logits, labels, epoch, hparams)
+        terms = loss_terms(s, params, student_logits, teacher_logits, labels, epoch, hparams, kd_student)
         total = sum(terms.values())
         return total, (terms, student[0], batch_stats)
 
@@ -223,6 +253,15 @@ def student_update(settings: StepSettings, state: TrainState, hparams: LossHPara
     if s.method == "ctkd":
         metrics["ctkd_temperature"] = losses.ctkd_temperature(state.params["ctkd"]["p"], 0.0)
     return new_state, metrics
+
+
+def sown_logits(updates: dict, name: str) -> jax.Array:
+    """The float32 logits a model sowed as ``intermediates/<name>`` (e.g. DeiT's ``distill_logits``)."""
+    sown = updates.get("intermediates", {}).get(name)
+    if sown is None:
+        raise ValueError(f"the student sows no intermediates/{name} (config.loss.kd_logits); "
+                         "only DeiT with its distillation token sows distill_logits")
+    return sown[0].astype(jnp.float32)
 
 
 def step_key(key: jax.Array, step: jax.Array) -> jax.Array:
@@ -329,11 +368,13 @@ def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
     }
 
 
-def make_eval_step(apply_fn: Callable[..., Any]) -> Callable[[Any, dict], dict]:
-    """``eval_step(variables, batch) -> eval_sums`` for a model in eval mode (student or teacher)."""
+def make_eval_step(apply_fn: Callable[..., Any], input_size: int = 0) -> Callable[[Any, dict], dict]:
+    """``eval_step(variables, batch) -> eval_sums`` for a model in eval mode (student or teacher);
+    ``input_size`` > 0 resizes the images first (``resize_images``; the teacher of a student
+    that sees another size)."""
 
     def eval_step(variables, batch):
-        logits = apply_fn(variables, batch["image"], train=False)
+        logits = apply_fn(variables, resize_images(batch["image"], input_size), train=False)
         return eval_sums(logits, batch["label"], batch["mask"])
 
     return eval_step

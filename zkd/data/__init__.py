@@ -12,7 +12,7 @@ Datasets
 
 Host pipelines (numpy batches for THIS process; b = global_batch_size // process_count)
     train_batches(dataset, *, data_dir, global_batch_size, seed, start_step=0, two_views=False,
-                  process_index=None, process_count=None)
+                  process_index=None, process_count=None, image_size=0, augmentation="")
         -> infinite iterator of {"image": float32 [b, H, W, C] normalized, "label": int32 [b]}
            or, with two_views (MLKD), {"image_weak", "image_strong", "label"}.
         Step k is a deterministic function of (seed, k): start_step=N yields exactly what an
@@ -20,9 +20,10 @@ Host pipelines (numpy batches for THIS process; b = global_batch_size // process
         process order gives the global batch (build it with
         jax.make_array_from_process_local_data). For CIFAR / Fashion-MNIST the global batch is
         independent of the process count; for ImageNet each process reads its own 1/P of the
-        training split.
+        training split. image_size > 0 / augmentation="random_resized_crop" (CIFAR / Fashion-MNIST,
+        one view): the transformer students' view, upsampled (bicubic) to image_size.
     eval_batches(dataset, *, data_dir, split="test", global_batch_size, process_index=None,
-                 process_count=None)
+                 process_count=None, image_size=0)
         -> finite iterator of {"image", "label", "mask": bool [b]}: every example of the split
            exactly once across processes, the same number of batches on every process
            (eval_steps(N, global_batch_size, P)), padding rows masked out.

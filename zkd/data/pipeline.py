@@ -172,6 +172,8 @@ def train_batches(
     process_index: int | None = None,
     process_count: int | None = None,
     augmentation_params: bool = False,
+    image_size: int = 0,
+    augmentation: str = "",
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite iterator over this process's part of the global training batches.
 
@@ -183,9 +185,12 @@ def train_batches(
       datasets, one view) each batch also holds ``AUGMENTATION_PARAMS``: "index" int32 [b] (the
       example's row in ``load_arrays``'s split), "crop_dy", "crop_dx" int32 [b] in [0, 2 * pad]
       and "flip" bool [b], exactly the crop and flip that made "image" (zkd.logit_cache).
+      ``image_size`` > 0 and ``augmentation`` (in-memory datasets, one view; see
+      ``AUGMENTATIONS``) give the transformer students' view (docs/paper.md §8).
     """
     info = get_info(dataset)
     _check_augmentation_params(info, two_views, augmentation_params)
+    _check_view(info, two_views, augmentation_params, image_size, augmentation)
     p, n = resolve_processes(process_index, process_count)
     b = local_batch_size(global_batch_size, n)
     if start_step < 0:
@@ -193,7 +198,8 @@ def train_batches(
     if info.in_memory:
         images, labels = load_arrays(info, data_dir, "train")
         return _in_memory_train(
-            info, images, labels, global_batch_size, p, b, seed, start_step, two_views, augmentation_params
+            info, images, labels, global_batch_size, p, b, seed, start_step, two_views, augmentation_params,
+            image_size, augmentation,
         )
     builder = prepared_builder(info, data_dir)  # fail now, not at the first batch
     return _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, two_views)
@@ -211,6 +217,8 @@ def in_memory_train_batches(
     process_index: int = 0,
     process_count: int = 1,
     augmentation_params: bool = False,
+    image_size: int = 0,
+    augmentation: str = "",
 ) -> Iterator[dict[str, np.ndarray]]:
     """The in-memory training stream over given arrays (``train_batches`` without TFDS).
 
@@ -218,16 +226,41 @@ def in_memory_train_batches(
       images: uint8 [N, H, W, C]; labels: int [N] (N need not be the constant size).
       augmentation_params: add "index" (row in ``images``), "crop_dy", "crop_dx", "flip" to
         every batch (see ``train_batches``).
+      image_size, augmentation: the student's view (see ``train_batches``).
     """
     _check_augmentation_params(info, two_views, augmentation_params)
+    _check_view(info, two_views, augmentation_params, image_size, augmentation)
     b = local_batch_size(global_batch_size, process_count)
     return _in_memory_train(
-        info, images, labels, global_batch_size, process_index, b, seed, start_step, two_views, augmentation_params
+        info, images, labels, global_batch_size, process_index, b, seed, start_step, two_views, augmentation_params,
+        image_size, augmentation,
     )
 
 
 # Keys ``augmentation_params=True`` adds to an in-memory training batch.
 AUGMENTATION_PARAMS = ("index", "crop_dy", "crop_dx", "flip")
+
+# The training view of an in-memory dataset: "" the dataset's own (CIFAR: a crop of the 4-pixel
+# zero-padded image + flip; with image_size, then resized bicubically to image_size), or
+# "random_resized_crop": timm's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3, bicubic) to
+# image_size (default: the dataset's) + flip, the geometric part of the release's transformer
+# transform (docs/paper.md §8; its RandAugment and random erasing are not implemented).
+AUGMENTATIONS = ("", "random_resized_crop")
+
+
+def _check_view(info: DatasetInfo, two_views: bool, augmentation_params: bool, image_size: int,
+                augmentation: str) -> None:
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation={augmentation!r}; valid: {', '.join(map(repr, AUGMENTATIONS))}")
+    if not (image_size or augmentation):
+        return
+    if image_size < 0:
+        raise ValueError(f"image_size must be >= 0, got {image_size}")
+    if not info.in_memory or two_views or augmentation_params:
+        raise ValueError(
+            "image_size / augmentation serve one view of an in-memory dataset (CIFAR, Fashion-MNIST) without "
+            f"augmentation_params; got {info.name}, two_views={two_views}, augmentation_params={augmentation_params}"
+        )
 
 
 def _check_augmentation_params(info: DatasetInfo, two_views: bool, augmentation_params: bool) -> None:
@@ -246,7 +279,7 @@ def _check_augmentation_params(info: DatasetInfo, two_views: bool, augmentation_
 
 
 def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_step, two_views,
-                     augmentation_params=False):
+                     augmentation_params=False, image_size=0, augmentation=""):
     """Python generator over epochs; each epoch is a tf.data pipeline over that epoch's batches.
 
     The epoch's permutation is computed here, in the caller's thread (never inside a tf.data
@@ -264,7 +297,15 @@ def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_
     def augment(step, x, y, index=None):
         u = _batch_uniforms(seed, step, _WEAK, global_batch_size, local, 3)
         dy, dx, flip = transforms.crop_flip_from_uniform(u, info.pad)
-        weak = transforms.pad_crop_flip(x, dy, dx, flip, info.pad)
+        if augmentation == "random_resized_crop":  # one stateless seed per example of the global stream
+            counters = tf.cast(step, tf.int64) * global_batch_size + local.start + tf.range(b, dtype=tf.int64)
+            seeds = tf.stack([tf.fill([b], tf.constant(seed, tf.int64)), counters * _NUM_STREAMS + _WEAK_RRC], 1)
+            size = image_size or info.image_shape[0]
+            weak = transforms.flip_batch(transforms.random_resized_crop_batch(x, seeds, size), flip)
+        else:
+            weak = transforms.pad_crop_flip(x, dy, dx, flip, info.pad)
+            if image_size:
+                weak = transforms.resize_to_uint8_grid(weak, image_size, "bicubic")
         if not two_views:
             out = {"image": transforms.normalize(weak, info), "label": y}
             if index is not None:
@@ -370,6 +411,7 @@ def eval_batches(
     global_batch_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    image_size: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Finite iterator over this process's evaluation batches, every example exactly once.
 
@@ -378,7 +420,8 @@ def eval_batches(
     ``{"image": float32 [b, H, W, C] normalized, "label": int32 [b], "mask": bool [b]}``;
     padding rows have zero images, label 0 and mask False, and the masks of all processes
     together hold exactly N True entries. No augmentation (ImageNet: resize 256, centre
-    crop 224).
+    crop 224). ``image_size`` > 0 (in-memory datasets): each image resized bilinearly to
+    image_size x image_size (torchvision ``Resize``, the release's transformer test transform).
     """
     info = get_info(dataset)
     p, n = resolve_processes(process_index, process_count)
@@ -386,19 +429,29 @@ def eval_batches(
     num = info.split_size(split)
     start, end = process_range(num, p, n)
     steps = eval_steps(num, global_batch_size, n)
+    image_shape = info.image_shape
+    if image_size:
+        if not info.in_memory:
+            raise ValueError(f"image_size serves in-memory datasets (CIFAR, Fashion-MNIST), not {info.name}")
+        image_shape = (image_size, image_size, info.image_shape[2])
     if info.in_memory:
         images, labels = load_arrays(info, data_dir, split)
-        batches = _in_memory_eval(info, images[start:end], labels[start:end], b).as_numpy_iterator()
+        batches = _in_memory_eval(info, images[start:end], labels[start:end], b, image_size).as_numpy_iterator()
     else:
         builder = prepared_builder(info, data_dir)
         ds = _streaming_eval(info, builder, f"{info.tfds_split(split)}[{start}:{end}]", end - start, b)
         batches = read_named(ds.as_numpy_iterator(), info, split, builder)
-    return pad_eval_batches(batches, b, steps, info.image_shape)
+    return pad_eval_batches(batches, b, steps, image_shape)
 
 
-def _in_memory_eval(info, images, labels, b):
+def _in_memory_eval(info, images, labels, b, image_size=0):
     ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": np.asarray(labels, np.int32)}).batch(b)
-    return ds.map(lambda e: {"image": transforms.normalize(e["image"], info), "label": e["label"]}).prefetch(2)
+
+    def prepare(e):
+        x = transforms.resize_to_uint8_grid(e["image"], image_size, "bilinear") if image_size else e["image"]
+        return {"image": transforms.normalize(x, info), "label": e["label"]}
+
+    return ds.map(prepare).prefetch(2)
 
 
 def _streaming_eval(info, builder, split, count, b):

@@ -140,3 +140,39 @@ def random_flip(image: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
 def _resize(image: tf.Tensor, size) -> tf.Tensor:
     out = tf.image.resize(image, size, method="bilinear", antialias=True)
     return tf.clip_by_value(out, 0.0, 255.0)
+
+
+def resize_to_uint8_grid(images: tf.Tensor, size: int, method: str) -> tf.Tensor:
+    """[B, H, W, C] in [0, 255] -> float32 [B, size, size, C] in [0, 255], rounded to integers as a
+    PIL ``resize`` of a uint8 image returns them. ``method``: "bicubic" (timm's train transform)
+    or "bilinear" (torchvision ``Resize``, the release's test transform). No antialiasing: the
+    CIFAR images are upsampled, where PIL's filters and TF's kernels (Keys a = -0.5 for bicubic,
+    half-pixel centres) agree up to rounding at the borders."""
+    out = tf.image.resize(tf.cast(images, tf.float32), [size, size], method=method, antialias=False)
+    return tf.clip_by_value(tf.round(out), 0.0, 255.0)
+
+
+def random_resized_crop_batch(images: tf.Tensor, seeds: tf.Tensor, size: int, method: str = "bicubic") -> tf.Tensor:
+    """timm's ``RandomResizedCropAndInterpolation(size, interpolation=method)`` of each image:
+    [B, H, W, C] -> float32 [B, size, size, C] in [0, 255].
+
+    Args:
+      images: [B, H, W, C] in [0, 255].
+      seeds: int64 [B, 2], one stateless seed per image (``random_resized_crop_box``: scale
+        (0.08, 1), ratio (3/4, 4/3), 10 attempts, centre-crop fallback).
+    """
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+
+    def one(args):
+        image, seed = args
+        box = random_resized_crop_box(seed, tf.constant(height, tf.int32), tf.constant(width, tf.int32))
+        crop = tf.slice(image, tf.stack([box[0], box[1], 0]), tf.stack([box[2], box[3], channels]))
+        return resize_to_uint8_grid(crop[None], size, method)[0]
+
+    spec = tf.TensorSpec([size, size, channels], tf.float32)
+    return tf.map_fn(one, (tf.cast(images, tf.float32), seeds), fn_output_signature=spec)
+
+
+def flip_batch(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """Mirror each image [B, H, W, C] left-right where ``flip`` (bool [B])."""
+    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
