@@ -34,7 +34,8 @@ Output: ``--results`` (default experiments/results/fashion_mnist.md) with the ta
 per-seed LS effects, the logit statistics of the seed-0 KD and KD+LS students (Fig. 3 / Fig. 5 of
 the paper, through experiments/logit_stats.py), plots in ``--figures_dir`` and the exact commands.
 Every run resumes from its workdir; finished runs are skipped; rerunning the command finishes an
-interrupted study and rewrites the results.
+interrupted study and rewrites the results. ``--workdir_root``, ``--results`` and ``--figures_dir``
+may be local or in a bucket (``gs://bucket/dir``, through ``zkd.paths``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from zkd import recipes  # noqa: E402
+from zkd import paths, recipes  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,7 +99,7 @@ def plan_runs(args) -> list[dict]:
         c.progress_bar = False
         return recipes.finalize(c)
 
-    teacher_dir = os.path.join(root, f"teacher_{args.teacher}")
+    teacher_dir = paths.join(root, f"teacher_{args.teacher}")
     runs = [{"group": "teacher", "label": "teacher", "key": "teacher", "seed": args.teacher_seed,
              "workdir": teacher_dir,
              "config": finalize(recipes.fashion_mnist("ce", args.teacher, epochs=args.teacher_epochs,
@@ -114,13 +115,13 @@ def plan_runs(args) -> list[dict]:
         method, ls = split_method(key)
         for seed in args.seeds:
             runs.append({"group": "main", "label": METHOD_LABELS[key], "key": key, "seed": seed,
-                         "workdir": os.path.join(root, key, f"seed{seed}"), "config": student(method, ls, seed)})
+                         "workdir": paths.join(root, key, f"seed{seed}"), "config": student(method, ls, seed)})
     for weight in args.ablation_weights:
         for ls in (False, True):
             key = f"ablation_{'kd_ls' if ls else 'kd'}_w{weight:g}"
             for seed in args.ablation_seeds:
                 runs.append({"group": "ablation", "label": "KD+LS" if ls else "KD", "key": key, "seed": seed,
-                             "weight": weight, "ls": ls, "workdir": os.path.join(root, key, f"seed{seed}"),
+                             "weight": weight, "ls": ls, "workdir": paths.join(root, key, f"seed{seed}"),
                              "config": student("kd", ls, seed, temperature=2.0, kd_weight=weight)})
     by_config: dict[str, str] = {}
     for run in runs:
@@ -147,10 +148,9 @@ def estimate_seconds(run: dict, img_s: dict) -> float:
 
 
 def read_summary(workdir: str):
-    path = os.path.join(workdir, "summary.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    path = paths.join(workdir, "summary.json")
+    if paths.exists(path):
+        return json.loads(paths.read_text(path))
     return None
 
 
@@ -326,17 +326,25 @@ ANALYSIS_PLACEHOLDER = "_To be written from the numbers above once the full stud
 
 def _kept_analysis(results_path: str) -> str:
     """The hand-written analysis of an existing results file (kept when the tables are rewritten)."""
-    if not os.path.exists(results_path):
+    if not paths.exists(results_path):
         return ANALYSIS_PLACEHOLDER
-    with open(results_path) as f:
-        text = f.read()
+    text = paths.read_text(results_path)
     head, sep, analysis = text.partition("\n## Analysis\n")
     return analysis.strip() if sep and analysis.strip() else ANALYSIS_PLACEHOLDER
 
 
+def _link(target: str, results: str) -> str:
+    """``target`` as the results file links it: relative to its folder, or whole where there is no
+    relative path (one local and one in a bucket, or two buckets)."""
+    try:
+        return paths.relpath(target, os.path.dirname(paths.absolute(results)))
+    except ValueError:
+        return paths.absolute(target)
+
+
 def write_results(runs: list[dict], args, command: str, stats: dict | None) -> str:
-    os.makedirs(args.figures_dir, exist_ok=True)
-    rel = lambda p: os.path.relpath(p, os.path.dirname(os.path.abspath(args.results)))  # noqa: E731
+    paths.makedirs(args.figures_dir)
+    rel = lambda p: _link(p, args.results)  # noqa: E731
     teacher_run = runs[0]
     t = read_summary(teacher_run["workdir"])
     c0 = teacher_run["config"]
@@ -395,10 +403,10 @@ def write_results(runs: list[dict], args, command: str, stats: dict | None) -> s
                         if r["group"] == "ablation" and r["ls"] == ls and r["weight"] == w and is_finished(r)]
                 cells += [_mean_std(d["best_top1"] for d in done), _mean_std(d["last_top1"] for d in done)]
             lines.append(f"| {w:g} | " + " | ".join(cells) + " |")
-        lines += ["", f"![ablation]({rel(plot_ablation(runs, args.ablation_weights, os.path.join(args.figures_dir, 'ablation.png')))})"]
+        lines += ["", f"![ablation]({rel(plot_ablation(runs, args.ablation_weights, paths.join(args.figures_dir, 'ablation.png')))})"]
     lines += ["", "## Curves", "",
-              f"![test top-1 per epoch]({rel(plot_curves(runs, os.path.join(args.figures_dir, 'curves.png')))})", "",
-              f"![logit std]({rel(plot_logit_std(runs, os.path.join(args.figures_dir, 'logit_std.png')))})"]
+              f"![test top-1 per epoch]({rel(plot_curves(runs, paths.join(args.figures_dir, 'curves.png')))})", "",
+              f"![logit std]({rel(plot_logit_std(runs, paths.join(args.figures_dir, 'logit_std.png')))})"]
     if stats:
         lines += ["", "## Logit statistics (paper Fig. 3 / Fig. 5), seed-0 students on the test set", "",
                   logit_stats.format_result(stats), "",
@@ -415,10 +423,9 @@ def write_results(runs: list[dict], args, command: str, stats: dict | None) -> s
         lines.append(f"- The teacher's mean top probability on the test set: raw {facts['raw']:.3f}, plain KD at T 4 "
                      f"{facts['kd']:.3f}, standardized at base T 2 {facts['ls']:.3f}.")
     lines += ["", "## Analysis", "", _kept_analysis(args.results), ""]
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    paths.makedirs(os.path.dirname(paths.absolute(args.results)))
     text = "\n".join(lines)
-    with open(args.results, "w") as f:
-        f.write(text)
+    paths.write_text_atomic(args.results, text)
     return text
 
 
@@ -429,7 +436,7 @@ def logit_statistics(runs: list[dict], args) -> dict | None:
               if r["group"] == "main" and r["key"] in ("kd", "kd_ls") and r["seed"] == first_seed and is_finished(r)}
     if not chosen or not is_finished(runs[0]):
         return None
-    out_dir = os.path.join(args.figures_dir, "logit_stats")
+    out_dir = paths.join(args.figures_dir, "logit_stats")
     stats = logit_stats.run(runs[0]["workdir"], [f"{k}={v}" for k, v in chosen.items()], "fashion_mnist",
                             args.data_dir or None, out_dir, batch_size=1000, max_examples=args.stats_examples,
                             title=f"{args.teacher} teacher, {args.student} students (Fashion-MNIST test)",
@@ -437,8 +444,7 @@ def logit_statistics(runs: list[dict], args) -> dict | None:
     teacher_logits = stats.pop("logits")[stats["teacher"]]
     stats.pop("labels")
     stats["soft_targets"] = teacher_target_probabilities(teacher_logits, 4.0, 2.0)
-    with open(os.path.join(out_dir, "logit_stats.json"), "w") as f:
-        json.dump(stats, f, indent=2)
+    paths.write_text_atomic(paths.join(out_dir, "logit_stats.json"), json.dumps(stats, indent=2))
     return stats
 
 

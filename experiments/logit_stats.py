@@ -4,6 +4,9 @@
         --teacher workdirs/fm/teacher --student KD=workdirs/fm/kd --student KD+LS=workdirs/fm/kd_ls \
         --out_dir experiments/results/logit_stats
 
+Every path (the models, ``--out_dir``) may be local or in a bucket (``gs://bucket/dir``, through
+``zkd.paths``); the test split is read from ``--data_dir`` by TFDS.
+
 Each model is a zkd run's workdir (its best checkpoint; the architecture comes from its
 ``config.json``), a directory written by ``python -m zkd.convert`` (architecture from its
 ``metadata.json``) or a PyTorch ``.pth`` (name the architecture: ``--teacher_model`` for the
@@ -23,6 +26,7 @@ and writes every number to ``logit_stats.json``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 
@@ -32,7 +36,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zkd import data, losses  # noqa: E402
+from zkd import data, losses, paths  # noqa: E402
 from zkd.teacher import load_teacher  # noqa: E402
 
 
@@ -54,14 +58,12 @@ def parse_spec(spec: str, default_label: str = "") -> tuple[str, str, str]:
 def architecture(path: str, model: str = "") -> tuple[str, str]:
     """(model name, zoo) of a zkd workdir, a converted checkpoint dir, or a .pth with ``model``."""
     path = os.path.expanduser(path)
-    config_json, metadata_json = os.path.join(path, "config.json"), os.path.join(path, "metadata.json")
-    if os.path.isdir(path) and os.path.exists(config_json):
-        with open(config_json) as f:
-            student = json.load(f)["student"]
+    config_json, metadata_json = paths.join(path, "config.json"), paths.join(path, "metadata.json")
+    if paths.isdir(path) and paths.exists(config_json):
+        student = json.loads(paths.read_text(config_json))["student"]
         found = (student["name"], student.get("zoo", "cifar"))
-    elif os.path.isdir(path) and os.path.exists(metadata_json):
-        with open(metadata_json) as f:
-            meta = json.load(f)
+    elif paths.isdir(path) and paths.exists(metadata_json):
+        meta = json.loads(paths.read_text(metadata_json))
         found = (meta["model"], meta.get("zoo", "cifar"))
     elif model:
         found = (model, "cifar")
@@ -161,13 +163,16 @@ def _plt():
 
 
 def save_figure(fig, path: str, title: str = "") -> str:
-    """Title, lay out, write ``path`` (PNG) and close ``fig``; returns ``path``."""
+    """Title, lay out, write ``path`` (PNG; local or ``gs://``) and close ``fig``; returns ``path``."""
     plt = _plt()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()  # matplotlib writes local files only: the bytes go through zkd.paths
+    fig.savefig(buffer, format=os.path.splitext(path)[1][1:] or None, dpi=100)
     plt.close(fig)
+    with paths.open(path, "wb") as f:
+        f.write(buffer.getvalue())
     return path
 
 
@@ -232,14 +237,13 @@ def run(teacher: str, students: list[str], dataset: str, data_dir: str | None, o
     result = analyse(logits, labels, info.num_classes, teacher=t_label)
     result["dataset"] = dataset
     result["sources"] = {t_label: t_path, **{parse_spec(s)[0]: parse_spec(s)[1] for s in students}}
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     result["figures"] = {
-        "distributions": plot_distributions(logits, os.path.join(out_dir, "logit_distributions.png"), title),
+        "distributions": plot_distributions(logits, paths.join(out_dir, "logit_distributions.png"), title),
         "class_mean_diff": plot_class_mean_diff(logits, labels, info.num_classes,
-                                                os.path.join(out_dir, "class_mean_logit_diff.png"), t_label, title),
+                                                paths.join(out_dir, "class_mean_logit_diff.png"), t_label, title),
     }
-    with open(os.path.join(out_dir, "logit_stats.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    paths.write_text_atomic(paths.join(out_dir, "logit_stats.json"), json.dumps(result, indent=2))
     if return_logits:
         result = {**result, "logits": logits, "labels": labels}
     return result
@@ -267,7 +271,8 @@ def main(argv=None):
     parser.add_argument("--student", action="append", required=True, help="[LABEL=]PATH[@MODEL]; repeat")
     parser.add_argument("--dataset", default="fashion_mnist", help=f"one of {sorted(data.DATASETS)}")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default TFDS's)")
-    parser.add_argument("--out_dir", default="logit_stats", help="where the PNGs and logit_stats.json go")
+    parser.add_argument("--out_dir", default="logit_stats",
+                        help="where the PNGs and logit_stats.json go (local or gs://)")
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--max_examples", type=int, default=-1, help="-1: the whole test split")
     args = parser.parse_args(argv)

@@ -29,13 +29,15 @@ of the paper's rows.
 Output: ``--table`` (default ``WORKDIR_ROOT/results.md``) and ``results.json`` beside it, with
 each row's paper number, the zkd setting (the released log's setting for +LS rows) and the
 numbers reported elsewhere in docs/paper.md §6. Std over seeds is the sample std (ddof=1).
+
+``--teachers_dir``, ``--workdir_root`` and ``--table`` may be local or in a bucket
+(``gs://bucket/dir``, through ``zkd.paths``).
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
-import glob
 import json
 import os
 from typing import Optional
@@ -44,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from zkd import recipes  # noqa: E402
+from zkd import paths, recipes  # noqa: E402
 
 TABLES = {"table1": recipes.CIFAR_PAIRS[:7], "table2": recipes.CIFAR_PAIRS[7:], "table3": recipes.IMAGENET_PAIRS}
 # Numbers reported outside the paper's tables (docs/paper.md §6): (method, teacher, student, ls) -> (top-1, source).
@@ -91,13 +93,13 @@ def select_rows(spec: str) -> list[recipes.Row]:
 def find_teacher(teachers_dir: str, name: str, dataset: str) -> tuple[Optional[str], list[str]]:
     """(path of the teacher checkpoint or None, the candidates tried)."""
     d = os.path.expanduser(teachers_dir)
-    candidates = [os.path.join(d, name), os.path.join(d, f"{name}_vanilla", "ckpt_epoch_240.pth"),
-                  os.path.join(d, f"{name}.pth")]
-    if dataset == "imagenet2012":
-        candidates += sorted(glob.glob(os.path.join(d, f"{name.lower()}-*.pth")))
+    candidates = [paths.join(d, name), paths.join(d, f"{name}_vanilla", "ckpt_epoch_240.pth"),
+                  paths.join(d, f"{name}.pth")]
+    if dataset == "imagenet2012" and paths.isdir(d):
+        candidates += sorted(paths.join(d, n) for n in paths.listdir(d) if fnmatch.fnmatch(n, f"{name.lower()}-*.pth"))
     for path in candidates:
-        if os.path.isfile(path) or (os.path.isdir(path) and any(
-                os.path.exists(os.path.join(path, f)) for f in ("metadata.json", "config.json"))):
+        if paths.isfile(path) or (paths.isdir(path) and any(
+                paths.exists(paths.join(path, f)) for f in ("metadata.json", "config.json"))):
             return path, candidates
     return None, candidates
 
@@ -167,11 +169,10 @@ def setting(config) -> str:
 
 
 def read_summary(workdir: str) -> Optional[dict]:
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "summary.json")
+    if not paths.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def is_finished(workdir: str, num_epochs: int) -> bool:
@@ -248,7 +249,7 @@ def make_plan(rows, ls_values, seeds, teachers_dir, data_dir, workdir_root, runl
             for seed in seeds:
                 name, config = make_config(row, ls, seed, ckpt, data_dir, runlocal, overrides)
                 plan.append({"row": row, "ls": ls, "seed": seed, "config": config,
-                             "workdir": os.path.join(workdir_root, name), "teacher_checkpoint": ckpt})
+                             "workdir": paths.join(workdir_root, name), "teacher_checkpoint": ckpt})
     if missing:
         raise FileNotFoundError("teacher checkpoints not found in --teachers_dir: " + "; ".join(sorted(set(missing))))
     return plan
@@ -257,11 +258,10 @@ def make_plan(rows, ls_values, seeds, teachers_dir, data_dir, workdir_root, runl
 def write_outputs(plan, table_path: str) -> str:
     entries = collect(plan)
     table = format_table(entries)
-    os.makedirs(os.path.dirname(os.path.abspath(table_path)), exist_ok=True)
-    with open(table_path, "w") as f:
-        f.write(table + "\n")
-    with open(os.path.splitext(table_path)[0] + ".json", "w") as f:
-        json.dump([{k: v for k, v in e.items()} for e in entries], f, indent=2)
+    paths.makedirs(os.path.dirname(paths.absolute(table_path)))
+    paths.write_text_atomic(table_path, table + "\n")
+    paths.write_text_atomic(os.path.splitext(table_path)[0] + ".json",
+                            json.dumps([{k: v for k, v in e.items()} for e in entries], indent=2))
     return table
 
 
@@ -286,11 +286,11 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     plan = make_plan(rows, ls_values, seeds, args.teachers_dir, args.data_dir, args.workdir_root, args.runlocal,
                      parse_overrides(args.override))
-    table_path = args.table or os.path.join(args.workdir_root, "results.md")
+    table_path = args.table or paths.join(args.workdir_root, "results.md")
     if args.list:
         for run in plan:
             state = "done" if is_finished(run["workdir"], run["config"].num_epochs) else (
-                "resume" if os.path.exists(os.path.join(run["workdir"], "config.json")) else "new")
+                "resume" if paths.exists(paths.join(run["workdir"], "config.json")) else "new")
             print(f"{state:6} {run['workdir']}  teacher {run['teacher_checkpoint']}")
         return plan
 

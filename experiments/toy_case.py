@@ -1,6 +1,6 @@
 """The paper's toy case (Fig. 2), computed by zkd.losses, and its figure.
 
-    python experiments/toy_case.py [--out experiments/results/toy_case.png]
+    python experiments/toy_case.py [--out experiments/results/toy_case.png]   # or --out gs://bucket/toy.png
 
 Teacher logits [1, 2, 3, 4]; student S1 [1, 2, 3, 2.8] ranks the classes wrongly (argmax 3, not
 4), student S2 [0.1, 0.2, 0.3, 0.4] is the teacher divided by 10 (same ranking). At temperature 1
@@ -12,11 +12,12 @@ docs/paper.md §2. The printed numbers are what ``zkd.losses.kd_loss`` returns, 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 
 import numpy as np
 
-from zkd import losses
+from zkd import losses, paths
 
 TEACHER = (1.0, 2.0, 3.0, 4.0)
 STUDENTS = {"S1": (1.0, 2.0, 3.0, 2.8), "S2": (0.1, 0.2, 0.3, 0.4)}
@@ -79,15 +80,18 @@ def draw(path: str, numbers: dict | None = None) -> str:
     fig.suptitle("Toy case (Sun et al., Fig. 2): plain KD prefers the wrong student S1;\n"
                  "after standardization S2 (teacher / 10) matches exactly", fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    paths.makedirs(os.path.dirname(paths.absolute(path)))
+    buffer = io.BytesIO()  # matplotlib writes local files only: the bytes go through zkd.paths
+    fig.savefig(buffer, format=os.path.splitext(path)[1][1:] or None, dpi=110)
     plt.close(fig)
+    with paths.open(path, "wb") as f:
+        f.write(buffer.getvalue())
     return path
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=DEFAULT_OUT, help="PNG to write (default %(default)s)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="PNG to write, local or gs:// (default %(default)s)")
     args = parser.parse_args(argv)
     numbers = toy_numbers()
     print(format_numbers(numbers))
