@@ -20,7 +20,7 @@ def test_vit_configs_carry_the_release_recipe():
     c = _load_config("cifar100_vit.py", "student=deit_tiny,ls=1")
     assert (c.student.zoo, c.student.options.img_size, c.student_input_size, c.teacher_input_size) == ("vit", 224, 224, 32)
     assert (c.teacher.name, c.augmentation, c.num_epochs, c.batch_size, c.eval_batch_size) == (
-        "resnet56", "random_resized_crop", 300, 128, 200)
+        "resnet56", "random_resized_crop+rand-m9-mstd0.5-inc1+re0.25", 300, 128, 200)
     o = c.optimizer
     assert (o.name, o.schedule, o.learning_rate, o.weight_decay, o.warmup_epochs, o.warmup_factor, o.min_lr) == (
         "adamw", "cosine", 5e-4, 0.05, 20, 1e-3, 5e-6)

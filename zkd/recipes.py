@@ -154,7 +154,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The transformer students (docs/paper.md §8): the student sees the training and test images at
     # student_input_size (0: the dataset's size; training upsampled bicubically, test bilinearly) and
     # the teacher sees the student's view resized bilinearly to teacher_input_size (0: unchanged)
-    # inside the step. augmentation: "" (the dataset's) | "random_resized_crop" (zkd.data.pipeline).
+    # inside the step. augmentation: "" (the dataset's) | "random_resized_crop", optionally with
+    # "+rand-m9-mstd0.5-inc1" and/or "+re0.25" (timm's RandAugment / random erasing; zkd.data.pipeline).
     c.student_input_size = 0
     c.teacher_input_size = 0
     c.augmentation = ""
@@ -311,7 +312,8 @@ VIT_IMG_SIZE, VIT_TEACHER_IMG_SIZE = 224, 32
 def cifar100_vit(student: str, logit_stand: bool, method: str = "kd", seed: int = 0,
                  teacher_checkpoint: str = "", teacher: str = "resnet56") -> ml_collections.ConfigDict:
     """The release's recipe for a transformer student distilled from ResNet-56 on CIFAR-100
-    (docs/paper.md §8): images at 224 (random-resized crop + flip), the teacher at 32, AdamW 5e-4
+    (docs/paper.md §8): images at 224 (random-resized crop + flip, RandAugment
+    rand-m9-mstd0.5-inc1, random erasing p 0.25), the teacher at 32, AdamW 5e-4
     with weight decay 0.05, 20 warm-up epochs from 1e-3 x lr, cosine to 5e-6 at 300 epochs, batch
     128 (test 200).
 
@@ -333,7 +335,7 @@ def cifar100_vit(student: str, logit_stand: bool, method: str = "kd", seed: int 
     c.student.name, c.student.zoo = student, "vit"
     c.student.options = ml_collections.ConfigDict({"img_size": VIT_IMG_SIZE})
     c.student_input_size = VIT_IMG_SIZE
-    c.augmentation = "random_resized_crop"
+    c.augmentation = "random_resized_crop+rand-m9-mstd0.5-inc1+re0.25"  # timm: crop + flip, RandAugment, erasing
     c.num_epochs, c.batch_size, c.eval_batch_size = 300, 128, 200
     o = c.optimizer
     o.name, o.schedule, o.learning_rate, o.weight_decay = "adamw", "cosine", 5e-4, 0.05

@@ -21,7 +21,8 @@ Host pipelines (numpy batches for THIS process; b = global_batch_size // process
         jax.make_array_from_process_local_data). For CIFAR / Fashion-MNIST the global batch is
         independent of the process count; for ImageNet each process reads its own 1/P of the
         training split. image_size > 0 / augmentation="random_resized_crop" (CIFAR / Fashion-MNIST,
-        one view): the transformer students' view, upsampled (bicubic) to image_size.
+        one view): the transformer students' view, upsampled (bicubic) to image_size; with
+        "+rand-m9-mstd0.5-inc1" / "+re0.25" also timm's RandAugment / random erasing (zkd.data.timm_augment).
     eval_batches(dataset, *, data_dir, split="test", global_batch_size, process_index=None,
                  process_count=None, image_size=0)
         -> finite iterator of {"image", "label", "mask": bool [b]}: every example of the split

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from zkd.data import randaugment, transforms
+from zkd.data import randaugment, timm_augment, transforms
 from zkd.data.device import epoch_permutation
 from zkd.data.info import DatasetInfo, get_info
 from zkd.data.integrity import check_prepared_directory, read_errors_named, read_named
@@ -243,9 +243,21 @@ AUGMENTATION_PARAMS = ("index", "crop_dy", "crop_dx", "flip")
 # The training view of an in-memory dataset: "" the dataset's own (CIFAR: a crop of the 4-pixel
 # zero-padded image + flip; with image_size, then resized bicubically to image_size), or
 # "random_resized_crop": timm's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3, bicubic) to
-# image_size (default: the dataset's) + flip, the geometric part of the release's transformer
-# transform (docs/paper.md §8; its RandAugment and random erasing are not implemented).
-AUGMENTATIONS = ("", "random_resized_crop")
+# image_size (default: the dataset's) + flip, optionally followed by "+rand-m9-mstd0.5-inc1"
+# (timm's RandAugment on the [0, 255] view) and/or "+re0.25" (timm's random erasing, pixel mode,
+# probability 0.25, on the normalized view): the release's transformer transform with both
+# (docs/paper.md §8; zkd.data.timm_augment).
+RRC = "random_resized_crop"
+RANDOM_ERASING = "re0.25"
+AUGMENTATIONS = ("", RRC, f"{RRC}+{timm_augment.RANDAUGMENT}", f"{RRC}+{RANDOM_ERASING}",
+                 f"{RRC}+{timm_augment.RANDAUGMENT}+{RANDOM_ERASING}")
+
+
+def _augmentation_parts(augmentation: str) -> tuple[bool, bool, float]:
+    """(random-resized crop, RandAugment, random-erasing probability) of an ``AUGMENTATIONS`` entry."""
+    parts = augmentation.split("+") if augmentation else []
+    erasing = float(RANDOM_ERASING[2:]) if RANDOM_ERASING in parts else 0.0
+    return RRC in parts, timm_augment.RANDAUGMENT in parts, erasing
 
 
 def _check_view(info: DatasetInfo, two_views: bool, augmentation_params: bool, image_size: int,
@@ -293,21 +305,35 @@ def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_
         raise ValueError(f"global_batch_size {global_batch_size} exceeds the {num} training examples")
     labels = np.asarray(labels, np.int32)
     local = slice(p * b, p * b + b)
+    rrc, rand_augment, erasing = _augmentation_parts(augmentation)
 
     def augment(step, x, y, index=None):
         u = _batch_uniforms(seed, step, _WEAK, global_batch_size, local, 3)
         dy, dx, flip = transforms.crop_flip_from_uniform(u, info.pad)
-        if augmentation == "random_resized_crop":  # one stateless seed per example of the global stream
+        if rrc:  # one stateless seed per example of the global stream
             counters = tf.cast(step, tf.int64) * global_batch_size + local.start + tf.range(b, dtype=tf.int64)
             seeds = tf.stack([tf.fill([b], tf.constant(seed, tf.int64)), counters * _NUM_STREAMS + _WEAK_RRC], 1)
             size = image_size or info.image_shape[0]
             weak = transforms.flip_batch(transforms.random_resized_crop_batch(x, seeds, size), flip)
+            # timm's strong part (never with two_views, so MLKD's strong streams are free here):
+            # its uniforms per step on _STRONG_CROP, the erasing noise per example on _STRONG_RA.
+            if rand_augment or erasing:
+                width = timm_augment.NUM_RA_UNIFORMS + timm_augment.NUM_RE_UNIFORMS
+                u_strong = _batch_uniforms(seed, step, _STRONG_CROP, global_batch_size, local, width)
+            if rand_augment:
+                weak = timm_augment.rand_augment(weak, u_strong[:, : timm_augment.NUM_RA_UNIFORMS])
         else:
             weak = transforms.pad_crop_flip(x, dy, dx, flip, info.pad)
             if image_size:
                 weak = transforms.resize_to_uint8_grid(weak, image_size, "bicubic")
         if not two_views:
-            out = {"image": transforms.normalize(weak, info), "label": y}
+            image = transforms.normalize(weak, info)
+            if erasing:
+                noise_seeds = tf.stack([seeds[:, 0], counters * _NUM_STREAMS + _STRONG_RA], 1)
+                noise = tf.map_fn(lambda s: tf.random.stateless_normal(image.shape[1:], s), noise_seeds,
+                                  fn_output_signature=tf.float32)
+                image = timm_augment.random_erasing(image, u_strong[:, timm_augment.NUM_RA_UNIFORMS:], noise, erasing)
+            out = {"image": image, "label": y}
             if index is not None:
                 out.update(index=index, crop_dy=dy, crop_dx=dx, flip=flip)
             return out
