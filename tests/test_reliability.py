@@ -93,6 +93,10 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, teache
         assert checkpoint.TrainingCheckpoints(workdir).latest_step() == saved_step
     second = _worker(workdir, teacher_dir, *[f for f in flags if f == "--sweep"])  # ... the restart takes over
     assert second.returncode == 0, second.stderr[-3000:]
+    ck = checkpoint.TrainingCheckpoints(workdir)
+    _, meta = ck.restore_latest(None)
+    ck.close()
+    assert "step" not in meta and "partial" not in meta  # an epoch end's meta: a later restart resumes from it
     if sweep:
         for name in ("kd1", "kd5"):
             _assert_same_run(os.path.join(uninterrupted["sweep"], "students", name),

@@ -185,6 +185,7 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
             raise ConfigError(f"checkpoint step {int(state.step)} does not match its epoch {meta['epoch']} x "
                               f"{spe} steps per epoch: the batch size or steps_per_epoch changed")
     start_step = _resume_point(meta, spe)
+    meta.pop("step", None)  # only a mid-epoch checkpoint's own meta names its step
     partial = meta.pop("partial", None)  # the unfinished epoch of a mid-epoch checkpoint
     for w in all_writers:  # records written after that checkpoint (a run killed mid-epoch) are redone
         w.truncate_after(start_step)
