@@ -1,10 +1,11 @@
 """Your own models: registration from outside the package, factories named in a config, the
 contract check, dtype passing, ensemble teachers and teachers given in Python.
 
-Tiny modules on 8x8x3 images; nothing trains.
+Tiny modules on 8x8x3 images; two runs of two steps go through the trainer.
 """
 
 import importlib
+import json
 import sys
 import textwrap
 import uuid
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from zkd import checkpoint, models, teacher
+from zkd import checkpoint, data, engine, models, recipes, teacher, train
 from zkd.errors import ZkdError
 from zkd.models import user
 
@@ -431,3 +432,65 @@ def test_the_contract_is_exported_and_documented():
     assert user.CONTRACT in user.__doc__
     doc = textwrap.dedent(models.register.__doc__)
     assert 'zoo="user"' in doc
+
+
+# ----------------------------------------------------------------------------- through the trainer
+
+
+def tiny_arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 255, (24, *SHAPE), dtype=np.uint8)
+    y = np.arange(24) % K
+    return data.from_arrays((x[:16], y[:16]), (x[16:], y[16:]), name="tiny")
+
+
+def trainer_config(**teacher_fields):
+    c = recipes.your_data("cifar100", "kd", "unused", logit_stand=True, epochs=1, batch_size=8)
+    c.steps_per_epoch, c.eval_batch_size, c.progress_bar, c.log_every_steps = 2, 8, False, 1
+    c.optimizer.lr_milestones = (1,)
+    for k, v in teacher_fields.items():
+        c.teacher[k] = v
+    return recipes.finalize(c)
+
+
+def test_a_factory_student_distils_from_an_ensemble_teacher_through_the_trainer(tmp_path, user_module):
+    t1, t2 = zoo_teacher("resnet8", 0), zoo_teacher("resnet14", 1)
+    p1, p2 = save(tmp_path, "t1", t1, "resnet8"), save(tmp_path, "t2", t2, "resnet14")
+    c = trainer_config(name="resnet8", ensemble=(p1, f"resnet14@{p2}"))
+    c.student.factory = f"{user_module.__name__}:make_net"
+    c.student.options.width = 6
+    summary = train.train_and_evaluate(c, str(tmp_path / "wd"), dataset=tiny_arrays())
+    assert summary["epochs"] == 1 and np.isfinite(summary["last_top1"])
+    rows = [json.loads(r) for r in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    (t_row,) = [r for r in rows if r["kind"] == "teacher"]
+    # The teacher evaluated is the ensemble: its top-1 is the mean-logit prediction's, computed here.
+    info = tiny_arrays()
+    x_test, y_test = info.arrays["test"]
+    x = (x_test / 255.0 - np.array(info.mean)) / np.array(info.std)
+    logits = np.mean([np.asarray(m.apply(v, jnp.asarray(x, jnp.float32), train=False)) for m, v in (t1, t2)], 0)
+    assert t_row["top1"] == pytest.approx(100.0 * np.mean(logits.argmax(1) == y_test))
+    # The student is the factory's (width 6); the checkpoint holds the student only.
+    saved = checkpoint.restore_best_student(str(tmp_path / "wd"))
+    assert saved["params"]["Dense_0"]["kernel"].shape == (int(np.prod(SHAPE)), 6)
+
+
+def test_a_python_teacher_is_used_never_updated_nor_checkpointed(tmp_path):
+    module, variables = zoo_teacher("resnet8", 3)
+    calls = []
+
+    def apply_fn(v, x, train=False):
+        calls.append(x.shape)
+        return module.apply(v, x, train=False)
+
+    before = jax.tree.map(np.array, variables)
+    c = trainer_config(name="", checkpoint="")
+    c.student.name = "resnet8"
+    train.train_and_evaluate(c, str(tmp_path / "wd"), dataset=tiny_arrays(1), teacher=(apply_fn, variables))
+    assert calls  # traced into the step and the teacher's evaluation
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, variables))
+    run = engine.build(engine.with_dataset(c, tiny_arrays(1))[0], teacher=(apply_fn, variables),
+                       info=tiny_arrays(1), abstract=True)
+    assert list(run.checkpointable(run.state)) == ["students"]  # what a checkpoint holds
+    assert set(run.checkpointable(run.state)["students"][0]) & {"teacher", "teacher_variables"} == set()
+    rows = [json.loads(r) for r in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows].count("teacher") == 1

@@ -25,7 +25,7 @@ from zkd import data, grid, models, optim, parallel, recipes
 from zkd import state as state_lib
 from zkd import step as step_lib
 from zkd.errors import ConfigError
-from zkd.teacher import load_teacher
+from zkd import teacher as teacher_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -33,20 +33,66 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # ----------------------------------------------------------------------------- config pieces
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Fail before any work on values that cannot work, naming the field and the choices."""
+def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
+    """The ``DatasetInfo`` of ``config.dataset`` (a built-in name, "tfds:NAME" with ``config.data``'s
+    splits, size and statistics; zkd.data.catalog).
+
+    Raises ConfigError for an unknown name; the data errors of zkd.data.catalog otherwise."""
+    if config.dataset.startswith("arrays:"):
+        raise ConfigError(f"config.dataset={config.dataset!r} names arrays held in memory: pass them to the "
+                          "trainer (zkd.train.train_and_evaluate(config, workdir, dataset=zkd.data.from_arrays(...)))")
+    try:
+        return data.resolve_config(config)
+    except data.UnknownDatasetError as err:
+        raise ConfigError(f"config.dataset={config.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}, or "
+                          "'tfds:NAME' for any TFDS dataset (an image folder: python -m zkd.data.prepare --folder)"
+                          ) from err
+
+
+def with_dataset(config: ml_collections.ConfigDict, dataset) -> tuple[ml_collections.ConfigDict, Optional[data.DatasetInfo]]:
+    """``(config, info)`` for a dataset handed to the trainer from Python.
+
+    ``dataset``: None (``config.dataset``'s), a name (built in or "tfds:NAME"), or a
+    ``zkd.data.DatasetInfo`` (arrays in memory from ``zkd.data.from_arrays``, or resolved). The
+    config returned is a copy whose ``dataset`` names it (config.json records it), the caller's
+    config is not changed; ``info`` is None when the config alone describes the dataset.
+    """
+    if dataset is None:
+        return config, None
+    if not isinstance(dataset, (str, data.DatasetInfo)):
+        raise ConfigError(f"dataset must be a name or a zkd.data.DatasetInfo (zkd.data.from_arrays(...)), got "
+                          f"{type(dataset).__name__}")
+    name = dataset if isinstance(dataset, str) else dataset.name
+    if config.dataset == name:
+        copy = config
+    else:
+        copy = ml_collections.ConfigDict(config.to_dict())
+        copy.dataset = name
+        copy = recipes.finalize(copy)
+    return copy, None if isinstance(dataset, str) else dataset
+
+
+def validate_config(config: ml_collections.ConfigDict, info: Optional[data.DatasetInfo] = None, *,
+                    teacher_given: bool = False) -> None:
+    """Fail before any work on values that cannot work, naming the field and the choices.
+
+    ``info``: the dataset's, when the caller has it (arrays in memory); default ``dataset_info``.
+    ``teacher_given``: the teacher comes from Python (``build(teacher=...)``), not ``config.teacher``."""
     if config.method not in step_lib.METHODS:
         raise ConfigError(f"config.method={config.method!r}; valid: {', '.join(step_lib.METHODS)}")
-    if config.dataset not in data.DATASETS:
-        raise ConfigError(f"config.dataset={config.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}")
+    info = dataset_info(config) if info is None else info
     if config.dtype not in DTYPES:
         raise ConfigError(f"config.dtype={config.dtype!r}; valid: {', '.join(DTYPES)}")
     for role in ("student", "teacher"):
-        if role == "teacher" and config.method == "ce":
+        if role == "teacher" and (config.method == "ce" or teacher_given):
             continue
         sub = config[role]
         if sub.zoo not in models.ZOOS:
             raise ConfigError(f"config.{role}.zoo={sub.zoo!r}; valid: {', '.join(models.ZOOS)}")
+        # A user's model (a factory, zoo "user") is checked when built (zkd.models.user), an
+        # ensemble's architectures when its members load (zkd.teacher).
+        if sub.get("factory", "") or sub.zoo == models.USER_ZOO or (role == "teacher" and sub.get("ensemble", ())):
+            continue
         names = models.available(sub.zoo)
         if sub.name not in names:
             raise ConfigError(f"config.{role}.name={sub.name!r} is not a {sub.zoo} model; valid: {', '.join(names)}")
@@ -57,39 +103,49 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.device_resident_data:
         if config.method == "mlkd":
             raise ConfigError("config.device_resident_data does not support MLKD (its strong view is a tf.data op)")
-        if not data.DATASETS[config.dataset].in_memory:
+        if not info.in_memory:
             raise ConfigError(f"config.device_resident_data needs a small dataset, not {config.dataset!r}")
+        if config.get("augmentation", "") not in ("", data.pipeline.CROP_FLIP):
+            raise ConfigError("device-resident data is augmented with the crop and flip in the step; "
+                              f"config.augmentation={config.augmentation!r} needs the host pipeline "
+                              "(config.device_resident_data=False)")
     if config.teacher.get("logit_cache", ""):
         why = ("MLKD's two views (its strong view is not a crop/flip)" if config.method == "mlkd" else
                "a method without a teacher" if config.method == "ce" else
                "device-resident data" if config.device_resident_data else
                f"{config.dataset} (not an in-memory, crop/flip-augmented dataset)"
-               if not data.DATASETS[config.dataset].in_memory else "")
+               if not info.in_memory else
+               "a dataset of arrays in memory" if info.source == "arrays" else "")
         if why:
             raise ConfigError(f"config.teacher.logit_cache cannot serve {why}; set it to ''")
     for field in ("num_epochs", "batch_size", "eval_batch_size"):
         if config[field] < 1:
             raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
-    _validate_input_sizes(config)
+    _validate_input_sizes(config, info)
 
 
-def _validate_input_sizes(config) -> None:
-    """The transformer students' fields: student / teacher input sizes, augmentation, KD head."""
+def _validate_input_sizes(config, info: data.DatasetInfo) -> None:
+    """The views: student / teacher input sizes, augmentation, KD head."""
     student_size, teacher_size = config.get("student_input_size", 0), config.get("teacher_input_size", 0)
     augmentation = config.get("augmentation", "")
-    if augmentation not in data.pipeline.AUGMENTATIONS:
-        raise ConfigError(f"config.augmentation={augmentation!r}; valid: "
-                          f"{', '.join(map(repr, data.pipeline.AUGMENTATIONS))}")
+    p = data.pipeline
+    if augmentation not in p.AUGMENTATIONS:
+        raise ConfigError(f"config.augmentation={augmentation!r}; valid: {', '.join(map(repr, p.AUGMENTATIONS))}")
     if student_size < 0 or teacher_size < 0:
         raise ConfigError(f"config.student_input_size / teacher_input_size must be >= 0 (0: the dataset's size), "
                           f"got {student_size} / {teacher_size}")
-    if student_size or augmentation:
+    if augmentation == p.CROP_FLIP and not info.in_memory:
+        raise ConfigError(f"config.augmentation='crop_flip' serves in-memory datasets; {config.dataset} is streamed "
+                          "(its default '' is the random-resized crop; 'none' turns augmentation off)")
+    own_view = augmentation in ("", p.CROP_FLIP) or (not info.in_memory and augmentation == p.RRC)
+    if student_size or not own_view:
         why = ("MLKD's two views" if config.method == "mlkd" else
                "device-resident data" if config.device_resident_data else
                "a teacher-logit cache" if config.teacher.get("logit_cache", "") else
-               f"{config.dataset} (a streamed dataset)" if not data.DATASETS[config.dataset].in_memory else "")
+               f"{config.dataset} (a streamed dataset)" if not info.in_memory and (
+                   student_size or augmentation != p.NONE) else "")
         if why:
-            raise ConfigError(f"config.student_input_size / config.augmentation cannot serve {why}")
+            raise ConfigError(f"config.student_input_size / config.augmentation={augmentation!r} cannot serve {why}")
     img_size = student_options(config).get("img_size")
     if img_size is not None and student_size and img_size != student_size:
         raise ConfigError(f"config.student.options.img_size={img_size} but config.student_input_size={student_size}: "
@@ -234,7 +290,7 @@ class Run:
         if self._eval_cache is not None:
             return self._eval_cache
         c = self.config
-        batches = data.eval_batches(c.dataset, data_dir=c.data_dir or None, split="test",
+        batches = data.eval_batches(self.info, data_dir=c.data_dir or None, split="test",
                                     global_batch_size=c.eval_batch_size, image_size=c.get("student_input_size", 0))
         if c.max_eval_batches >= 0:
             batches = itertools.islice(batches, c.max_eval_batches)
@@ -271,7 +327,7 @@ def _local_train_stream(config, info, teacher_variables, start_step: int, two_vi
                   two_views=two_views)
     path = config.teacher.get("logit_cache", "")
     if not path:
-        return data.train_batches(config.dataset, data_dir=config.data_dir or None,
+        return data.train_batches(info, data_dir=config.data_dir or None,
                                   image_size=config.get("student_input_size", 0),
                                   augmentation=config.get("augmentation", ""), **kwargs)
     from zkd import logit_cache
@@ -289,14 +345,14 @@ def _local_train_stream(config, info, teacher_variables, start_step: int, two_vi
 
 def _device_resident(run_step, config, info, mesh):
     """Wrap ``run_step`` so it gathers and augments its batch from device-resident uint8 arrays."""
-    images, labels = data.load_arrays(config.dataset, config.data_dir or None, "train")
+    images, labels = data.load_arrays(info, config.data_dir or None, "train")
     device_data = parallel.replicate({"images": images, "labels": labels}, mesh)
     sharding = parallel.batch_sharded(mesh)
     seed = recipes.data_seed(config)
 
     def step_from_device_data(state, arrays):
         batch = data.device_train_batch(seed, state.step, arrays["images"], arrays["labels"],
-                                        dataset=info.name, global_batch_size=config.batch_size)
+                                        dataset=info, global_batch_size=config.batch_size)
         return run_step(state, jax.lax.with_sharding_constraint(batch, sharding))
 
     return step_from_device_data, device_data
@@ -311,11 +367,13 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
       config: a finalized config (configs/*.py, zkd.recipes).
       points: the students (zkd.grid.GridPoint); default ``zkd.grid.points_of(config)``: the
         grid of ``config.sweep``, or the single run's one point.
-      teacher: ``(module, variables)`` to use instead of loading ``config.teacher.checkpoint``
-        (e.g. a randomly initialised teacher in a benchmark); never updated nor checkpointed.
+      teacher: ``(module_or_apply_fn, variables)`` to use instead of loading ``config.teacher``'s
+        checkpoint (a user's pretrained model, an ensemble, a benchmark's random teacher;
+        ``zkd.teacher.from_python`` checks its logits' shape); never updated nor checkpointed.
       mesh: default ``zkd.parallel.make_mesh`` over ``config.num_devices``.
-      info: the dataset's ``zkd.data.DatasetInfo`` (classes, image shape, sizes); default
-        ``config.dataset``'s. A benchmark or test may shrink it; nothing is read until a stream is.
+      info: the dataset's ``zkd.data.DatasetInfo`` (classes, image shape, sizes): arrays in memory
+        (``zkd.data.from_arrays``), or a benchmark's shrunk copy; default ``dataset_info(config)``.
+        Nothing is read until a stream is.
       abstract: build the state as shapes and dtypes only (``jax.ShapeDtypeStruct``; no
         initialisation, nothing on the devices): enough to trace the step with
         ``jax.eval_shape(run.train_step, run.state, batch)``, e.g. to check a config in
@@ -323,9 +381,9 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
 
     Raises ConfigError (and the data / teacher errors of zkd.errors) naming what cannot work.
     """
-    validate_config(config)
+    info = dataset_info(config) if info is None else info
+    validate_config(config, info, teacher_given=teacher is not None)
     points = grid.points_of(config) if points is None else list(points)
-    info = data.get_info(config.dataset) if info is None else info
     if mesh is None:
         try:
             mesh = parallel.make_mesh(None if config.num_devices < 0 else config.num_devices)
@@ -338,13 +396,14 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
             raise ConfigError(str(err)) from err
     dtype = DTYPES[config.dtype]
 
-    student = models.build(config.student.name, info.num_classes, zoo=config.student.zoo, dtype=dtype,
-                           **student_options(config))
     student_shape = student_image_shape(config, info)
+    student = models.build_model(config.student, info.num_classes, dtype, "student", input_shape=student_shape)
     teacher_model, teacher_variables = None, None
     if config.method != "ce":
-        teacher_model, teacher_variables = teacher if teacher is not None else load_teacher(
-            config.teacher, info.num_classes, teacher_image_shape(config, info), dtype)
+        teacher_shape = teacher_image_shape(config, info)
+        teacher_model, teacher_variables = (
+            teacher_lib.from_python(teacher, info.num_classes, teacher_shape) if teacher is not None
+            else teacher_lib.load_teacher(config.teacher, info.num_classes, teacher_shape, dtype))
 
     steps_per_epoch = steps_per_epoch_of(config, info)
     lr_fn, tx = make_optimizer(config, steps_per_epoch)

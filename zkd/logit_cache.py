@@ -535,7 +535,8 @@ def attach_teacher_logits(batches: Iterable[dict], cache: TeacherLogitCache) -> 
 def main(argv: list[str] | None = None) -> int:
     """``python -m zkd.logit_cache --teacher PATH --teacher_name NAME --dataset D --output DIR``."""
     import argparse
-    import types
+
+    import ml_collections
 
     parser = argparse.ArgumentParser(
         prog="python -m zkd.logit_cache",
@@ -545,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="teacher checkpoint: a zkd.convert directory, a PyTorch .pth, or a zkd run's workdir")
     parser.add_argument("--teacher_name", required=True, help="architecture, e.g. resnet32x4")
     parser.add_argument("--teacher_zoo", default="cifar", choices=("cifar", "imagenet"))
-    parser.add_argument("--dataset", default="cifar100", help="cifar100, cifar10 or fashion_mnist")
+    parser.add_argument("--dataset", default="cifar100",
+                        help="cifar100, cifar10, fashion_mnist, or tfds:NAME (an in-memory dataset of yours)")
     parser.add_argument("--data_dir", default=None, help="TFDS data directory (default: TFDS's)")
     parser.add_argument("--output", required=True, help="cache directory to create")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -556,8 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     from zkd.teacher import TeacherError, load_teacher
 
     try:
-        info = data.get_info(args.dataset)
-        teacher_config = types.SimpleNamespace(name=args.teacher_name, zoo=args.teacher_zoo, checkpoint=args.teacher)
+        info = data.resolve(args.dataset, args.data_dir)
+        teacher_config = ml_collections.ConfigDict(dict(name=args.teacher_name, zoo=args.teacher_zoo,
+                                                        checkpoint=args.teacher))
         model, variables = load_teacher(teacher_config, info.num_classes, info.image_shape)
         images, labels = data.load_arrays(info, args.data_dir, "train")
         meta = build_cache(args.output, model.apply, variables, args.teacher_name, images, labels, info,

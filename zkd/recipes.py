@@ -146,11 +146,23 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "ce"                  # ce | kd | dkd | mlkd | ctkd
     c.logit_stand = False
-    c.dataset = "cifar100"           # a key of zkd.data.DATASETS
+    # dataset: a key of zkd.data.DATASETS, or "tfds:NAME" for any TFDS dataset prepared in data_dir
+    # (an image folder: python -m zkd.data.prepare --folder; docs/data.md), read with config.data.
+    c.dataset = "cifar100"
     c.data_dir = ""                  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets)
-    c.device_resident_data = False   # CIFAR / Fashion-MNIST: uint8 images on the devices, augmented in the step
+    # "tfds:NAME" only (zkd.data.catalog): the TFDS splits trained on / evaluated ("" test: "test",
+    # else "validation"; slices like "train[:90%]" work for in-memory sets), image_size (> 0: resize
+    # to it; needed when image sizes differ), mean / std on the [0, 1] scale (empty: computed over
+    # the training split once, stored beside the data), the feature names ("": the only one).
+    c.data = ml_collections.ConfigDict({
+        "train_split": "train", "test_split": "", "image_size": 0, "mean": (), "std": (),
+        "image_key": "", "label_key": "",
+    })
+    c.device_resident_data = False   # in-memory datasets: uint8 images on the devices, augmented in the step
     # student.options: keyword arguments of the model's factory (zoo "vit": img_size, drop_path_rate).
-    c.student = ml_collections.ConfigDict({"name": "resnet8x4", "zoo": "cifar", "options": {}})
+    # student.factory: "package.module:function" building a user's Flax module (zkd.models.user,
+    # docs/models.md): function(num_classes=..., **options); name / zoo are then only labels.
+    c.student = ml_collections.ConfigDict({"name": "resnet8x4", "zoo": "cifar", "options": {}, "factory": ""})
     # The transformer students (docs/paper.md §8): the student sees the training and test images at
     # student_input_size (0: the dataset's size; training upsampled bicubically, test bilinearly) and
     # the teacher sees the student's view resized bilinearly to teacher_input_size (0: unchanged)
@@ -158,12 +170,16 @@ def base_config() -> ml_collections.ConfigDict:
     # "+rand-m9-mstd0.5-inc1" and/or "+re0.25" (timm's RandAugment / random erasing; zkd.data.pipeline).
     c.student_input_size = 0
     c.teacher_input_size = 0
-    c.augmentation = ""
+    c.augmentation = ""              # also "crop_flip" (in-memory default, explicit) | "none"
     # teacher.checkpoint: a converted checkpoint dir (python -m zkd.convert), a PyTorch .pth
     # (converted on the fly), or the workdir of a zkd teacher run (its best checkpoint).
     # teacher.logit_cache: a directory built by `python -m zkd.logit_cache` for this teacher and
     # training split; its logits replace the teacher's forward pass in training ("" = off).
-    c.teacher = ml_collections.ConfigDict({"name": "", "zoo": "cifar", "checkpoint": "", "logit_cache": ""})
+    # teacher.factory / options: a user's architecture, as for the student. teacher.ensemble: two or
+    # more checkpoints ("PATH" of config.teacher's architecture, or "NAME@PATH"), whose logits are
+    # averaged (instead of teacher.checkpoint).
+    c.teacher = ml_collections.ConfigDict({"name": "", "zoo": "cifar", "checkpoint": "", "logit_cache": "",
+                                           "factory": "", "options": {}, "ensemble": ()})
     c.loss = ml_collections.ConfigDict({
         "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0,
         "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 20.0, "mlkd_mode": "released",
@@ -247,8 +263,13 @@ def unknown_field_message(config: Any, path: str) -> Optional[str]:
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Lock the config: assigning a field that does not exist now raises."""
+    """Lock the config: assigning a field that does not exist now raises. The models' ``options``
+    stay open: they are keyword arguments of a factory (``config.student.options.depth = 3`` in
+    Python or a config file; from the command line only the options the config file defines)."""
     config.lock()
+    for role in ("student", "teacher"):
+        if role in config and "options" in config[role]:
+            config[role].options.unlock()
     return config
 
 
@@ -432,10 +453,11 @@ def run_name(c: ml_collections.ConfigDict) -> str:
     """A workdir name that encodes dataset, method, teacher, student, LS and seed."""
     method = c.method + ("_ls" if c.logit_stand else "")
     models = c.student.name if c.method == "ce" else f"{c.teacher.name}-{c.student.name}"
+    dataset = c.dataset.replace(":", "_").replace("/", "_")  # "tfds:name/config" stays one path component
     axes = swept_axes(c)
     if axes:
-        return f"{c.dataset}/sweep_{c.method}/{models}/{'-'.join(axes)}"
-    return f"{c.dataset}/{method}/{models}/seed{c.seed}"
+        return f"{dataset}/sweep_{c.method}/{models}/{'-'.join(axes)}"
+    return f"{dataset}/{method}/{models}/seed{c.seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,6 +491,16 @@ def fashion_mnist(method: str, model: str, teacher: str = "resnet20", logit_stan
     ``temperature`` / ``kd_weight`` <= 0 keep the paper's CIFAR defaults (T 4 / KD 0.9 without
     LS, base T 2 / KD 9 with LS). ``train_steps`` > 0 caps the steps per epoch.
     """
+    c = _short_budget(method, model, teacher, logit_stand, epochs, seed, teacher_checkpoint, train_steps,
+                      temperature, kd_weight)
+    c.dataset = "fashion_mnist"
+    c.batch_size, c.eval_batch_size = 128, 1000
+    return c
+
+
+def _short_budget(method, model, teacher, logit_stand, epochs, seed, teacher_checkpoint, train_steps,
+                  temperature, kd_weight) -> ml_collections.ConfigDict:
+    """The CIFAR recipe of ``method`` on ``epochs`` epochs (decays at 60% / 85%), SGD 0.05."""
     if method == "ce":
         c = cifar_teacher(model, seed)
     else:
@@ -477,13 +509,27 @@ def fashion_mnist(method: str, model: str, teacher: str = "resnet20", logit_stan
             c.loss.temperature = temperature
         if kd_weight > 0:
             c.loss.kd_weight = kd_weight
-    c.dataset = "fashion_mnist"
     c.num_epochs = epochs
-    c.batch_size, c.eval_batch_size = 128, 1000
     c.optimizer.learning_rate = 0.05
     c.optimizer.lr_milestones = (round(0.6 * epochs), round(0.85 * epochs))
     c.steps_per_epoch = train_steps
     c.log_every_steps = 50
     c.checkpoint_every_epochs = max(1, epochs // 2)
     c.paper_top1.baseline = c.paper_top1.logit_stand = -1.0
+    return c
+
+
+def your_data(dataset: str, method: str, model: str, teacher: str = "resnet20", logit_stand: bool = False,
+              epochs: int = 30, seed: int = 0, teacher_checkpoint: str = "", train_steps: int = -1,
+              temperature: float = -1.0, kd_weight: float = -1.0, batch_size: int = 64, image_size: int = 0,
+              data_dir: str = "", augmentation: str = "", zoo: str = "cifar") -> ml_collections.ConfigDict:
+    """A user's dataset ("tfds:NAME", or a built-in name): the CIFAR recipe on ``epochs`` epochs
+    (SGD 0.05, x0.1 at 60% and 85%, weight decay 5e-4, batch ``batch_size``), models of ``zoo``.
+    ``image_size`` > 0 resizes the images (needed when their sizes differ); see docs/data.md."""
+    c = _short_budget(method, model, teacher, logit_stand, epochs, seed, teacher_checkpoint, train_steps,
+                      temperature, kd_weight)
+    c.dataset, c.data_dir, c.data.image_size = dataset, data_dir, image_size
+    c.student.zoo = c.teacher.zoo = zoo
+    c.augmentation = augmentation
+    c.batch_size, c.eval_batch_size = batch_size, 256
     return c

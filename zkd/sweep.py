@@ -24,16 +24,20 @@ import json
 import jax
 import ml_collections
 
-from zkd import grid, paths, recipes, train
+from zkd import engine, grid, paths, recipes, train
 from zkd.grid import GridPoint, grid_points, ranking_table  # noqa: F401  (the sweep's public names)
 
 
-def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> dict:
+def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False, *,
+                dataset=None, teacher=None) -> dict:
     """Train every grid point of ``config.sweep`` at once; returns the ranking as
     ``{"run", "students", "epochs", "train_seconds", "images_per_second", "points": [...], "table"}``
-    and writes it to ``sweep.json`` / ``sweep.md``. Resumes like a single run."""
+    and writes it to ``sweep.json`` / ``sweep.md``. Resumes like a single run. ``dataset`` and
+    ``teacher``: as for ``zkd.train.train_and_evaluate``."""
+    config, info = engine.with_dataset(config, dataset)
     points = grid.grid_points(config)
-    out = train.fit(config, workdir, points, allow_config_change)
+    out = train.fit(config, workdir, points, allow_config_change,
+                    run=engine.build(config, points, teacher=teacher, info=info))
     summaries, meta = out["students"], out["meta"]
     table = grid.ranking_table(points, summaries)
     result = {"run": recipes.run_name(config), "students": len(points), "epochs": meta["epoch"],

@@ -94,14 +94,25 @@ def first_nonfinite(history: list[dict], first_step: int) -> Optional[str]:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False, *,
+                       dataset=None, teacher=None) -> dict:
     """Train the configured student (with its frozen teacher), evaluating every epoch.
 
     Resumes from the latest complete checkpoint in ``workdir``; returns (and writes)
     ``summary.json``. A config whose ``sweep`` sets an axis is refused: see zkd.sweep.
+
+    From Python (docs/data.md, docs/models.md):
+      dataset: a ``zkd.data.DatasetInfo`` (``zkd.data.from_arrays(...)`` for arrays in memory) or a
+        dataset name, instead of ``config.dataset`` (the workdir's config.json records its name).
+      teacher: ``(module_or_apply_fn, variables)``, a teacher held in Python (a user's pretrained
+        model, an ensemble), instead of ``config.teacher``'s checkpoint; never updated nor
+        checkpointed, so a resumed run must be handed the same teacher again.
     """
-    engine.validate_config(config)
-    return fit(config, workdir, grid.single_point(config), allow_config_change)["students"][0]
+    config, info = engine.with_dataset(config, dataset)
+    engine.validate_config(config, info, teacher_given=teacher is not None)
+    points = grid.single_point(config)
+    run = engine.build(config, points, teacher=teacher, info=info)
+    return fit(config, workdir, points, allow_config_change, run=run)["students"][0]
 
 
 def _fresh_meta(n: int) -> dict:

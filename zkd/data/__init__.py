@@ -1,4 +1,5 @@
-"""TFDS input pipelines for CIFAR-100/10, ImageNet and Fashion-MNIST (docs/paper.md §4).
+"""TFDS input pipelines for CIFAR-100/10, ImageNet and Fashion-MNIST (docs/paper.md §4), and for
+users' own data: any TFDS dataset, an image folder, arrays in memory (docs/data.md).
 
 Importing this package hides every GPU from TensorFlow (tf.data only ever runs on the host).
 
@@ -9,6 +10,16 @@ Datasets
                 test_split, in_memory, pad, balanced)   frozen; constants, never TFDS metadata.
     get_info(name_or_info) -> DatasetInfo
     steps_per_epoch(dataset, global_batch_size) -> int          train_size // global_batch_size
+
+Users' datasets (zkd.data.catalog): the same DatasetInfo, from metadata or arrays
+    resolve(dataset, data_dir=None, *, train_split="train", test_split="", image_size=0, mean=(), std=(),
+            image_key="", label_key="") -> DatasetInfo     a built-in name or "tfds:NAME" (any TFDS dataset
+                                           prepared in data_dir, including image folders prepared with
+                                           python -m zkd.data.prepare --folder)
+    resolve_config(config) -> DatasetInfo  config.dataset / data_dir / data.*
+    from_arrays((images uint8 [N, H, W, C], labels int [N]), (test images, test labels), *, name="arrays",
+                num_classes=None, mean=(), std=(), pad=None) -> DatasetInfo   held in memory, source "arrays"
+    DatasetSpecError (a DataError): what cannot be served as asked, and the fix
 
 Host pipelines (numpy batches for THIS process; b = global_batch_size // process_count)
     train_batches(dataset, *, data_dir, global_batch_size, seed, start_step=0, two_views=False,
@@ -71,6 +82,7 @@ from zkd.data.device import (  # noqa: E402
     device_train_batch,
     epoch_permutation,
 )
+from zkd.data.catalog import DatasetSpecError, from_arrays, resolve, resolve_config  # noqa: E402
 from zkd.data.info import DATASETS, DatasetInfo, UnknownDatasetError, get_info, steps_per_epoch  # noqa: E402
 from zkd.data.integrity import DataCorruptError, DataError, DatasetMismatchError  # noqa: E402
 from zkd.data.pipeline import eval_batches, eval_steps, load_arrays, train_batches  # noqa: E402
@@ -83,6 +95,7 @@ __all__ = [
     "DataNotFoundError",
     "DatasetInfo",
     "DatasetMismatchError",
+    "DatasetSpecError",
     "UnknownDatasetError",
     "batch_indices",
     "device_augment",
@@ -91,8 +104,11 @@ __all__ = [
     "epoch_permutation",
     "eval_batches",
     "eval_steps",
+    "from_arrays",
     "get_info",
     "load_arrays",
+    "resolve",
+    "resolve_config",
     "steps_per_epoch",
     "train_batches",
 ]

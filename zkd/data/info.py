@@ -1,13 +1,16 @@
 """Constants of the supported datasets: sizes, shapes, normalization, TFDS names.
 
-Everything the pipelines need is a constant here, never TFDS metadata, so an offline
-machine without ``dataset_info.json`` files (or a test under ``tfds.testing.mock_data``)
-still knows split sizes and statistics.
+Everything the pipelines need about the four built-in datasets is a constant here, never
+TFDS metadata, so an offline machine without ``dataset_info.json`` files (or a test under
+``tfds.testing.mock_data``) still knows split sizes and statistics. Users' datasets (any TFDS
+dataset, a prepared image folder, arrays in memory) get the same ``DatasetInfo``, read from
+their metadata or arrays by ``zkd.data.catalog``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from zkd.errors import ZkdError
 
@@ -31,6 +34,14 @@ class DatasetInfo:
       pad: zero padding of the CIFAR-style random crop (in-memory datasets only).
       balanced: every class has train_size / num_classes training images (and likewise
         for test); checked by ``zkd.data.prepare``.
+      train_split: the TFDS split trained on (a split name or a TFDS slice, e.g. "train[:90%]").
+      source: "builtin" (the constants below), "tfds" (a user's TFDS dataset, zkd.data.catalog)
+        or "arrays" (``arrays`` in memory).
+      image_key, label_key: the TFDS feature names of the image and the class label.
+      resize: the stored images are not all ``image_shape``: an in-memory dataset is resized
+        on loading (shorter side to H, centre crop), a streamed one always is.
+      class_names: the classes' names, when known.
+      arrays: for source "arrays": {"train": (uint8 [N, H, W, C], int32 [N]), "test": ...}.
     """
 
     name: str
@@ -45,6 +56,13 @@ class DatasetInfo:
     in_memory: bool = True
     pad: int = 4
     balanced: bool = True
+    train_split: str = "train"
+    source: str = "builtin"
+    image_key: str = "image"
+    label_key: str = "label"
+    resize: bool = False
+    class_names: tuple[str, ...] = ()
+    arrays: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def split_size(self, split: str) -> int:
         """Number of examples of ``split`` ("train", "test" or the TFDS name of the test split)."""
@@ -59,7 +77,7 @@ class DatasetInfo:
     def tfds_split(self, split: str) -> str:
         """The TFDS split name for zkd's "train"/"test"."""
         self.split_size(split)  # validates
-        return "train" if split == "train" else self.test_split
+        return self.train_split if split == "train" else self.test_split
 
 
 # CIFAR-100 statistics are the ones of the reference recipe (docs/paper.md §4).
@@ -129,13 +147,18 @@ DATASETS: dict[str, DatasetInfo] = _Registry({
 
 
 def get_info(dataset: str | DatasetInfo) -> DatasetInfo:
-    """Resolves a dataset name (or passes a ``DatasetInfo`` through).
+    """Resolves a built-in dataset's name (or passes a ``DatasetInfo`` through).
 
     Raises:
-      UnknownDatasetError (a KeyError and a ValueError): the message lists the valid names.
+      UnknownDatasetError (a KeyError and a ValueError): the message lists the valid names
+        (a "tfds:NAME" dataset needs its data directory: ``zkd.data.resolve(name, data_dir)``).
     """
     if isinstance(dataset, DatasetInfo):
         return dataset
+    if isinstance(dataset, str) and dataset.startswith("tfds:"):
+        raise UnknownDatasetError(
+            f"{dataset!r} is read from its TFDS metadata: resolve it with zkd.data.resolve({dataset!r}, data_dir) "
+            "and pass the DatasetInfo")
     return DATASETS[dataset]
 
 

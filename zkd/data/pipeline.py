@@ -78,8 +78,13 @@ def prepared_builder(info: DatasetInfo, data_dir: str | None) -> tfds.core.Datas
       DataNotFoundError: the dataset is not prepared in ``data_dir``.
       DatasetMismatchError: the directory holds another dataset or version (zkd.data.integrity).
     """
-    check_prepared_directory(info, data_dir)  # before TFDS, which would fail on another version
-    builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+    if info.source == "arrays":
+        raise ValueError(f"{info.name} is held in memory (zkd.data.from_arrays); it has no TFDS builder")
+    if info.source == "builtin":  # a user's dataset has no constants to compare with
+        check_prepared_directory(info, data_dir)  # before TFDS, which would fail on another version
+        builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+    else:
+        builder = tfds.builder(info.tfds_name, data_dir=data_dir, try_gcs=False)
     if not builder.is_prepared():
         raise DataNotFoundError(how_to_prepare(info.name, data_dir or str(builder.data_dir_root)))
     return builder
@@ -105,15 +110,25 @@ def load_arrays(dataset: str | DatasetInfo, data_dir: str | None, split: str = "
     info = get_info(dataset)
     if not info.in_memory:
         raise ValueError(f"{info.name} is too large to load as arrays; use train_batches / eval_batches")
+    if info.arrays is not None:
+        images, labels = info.arrays["train" if split == "train" else "test"]
+        info.split_size(split)  # validates the name
+        return images, labels
     builder = prepared_builder(info, data_dir)
     shape = tf.TensorSpec(info.image_shape, tf.uint8)
+    size, channels = info.image_shape[0], info.image_shape[2]
+
+    def decode_one(encoded):
+        if not info.resize:
+            return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+        image = transforms.resize_center_crop_any(transforms.decode_any(encoded, channels), size, resize=size)
+        return tf.cast(tf.round(image), tf.uint8)
 
     def decode(batch):  # decoding whole batches is faster than TFDS's per-example decoding
-        decode_one = functools.partial(tf.io.decode_image, channels=info.image_shape[2], expand_animations=False)
-        images = tf.map_fn(decode_one, batch["image"], fn_output_signature=shape)
-        return images, tf.cast(batch["label"], tf.int32)
+        images = tf.map_fn(decode_one, batch[info.image_key], fn_output_signature=shape)
+        return images, tf.cast(batch[info.label_key], tf.int32)
 
-    ds = builder.as_dataset(split=info.tfds_split(split), decoders={"image": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(split=info.tfds_split(split), decoders={info.image_key: tfds.decode.SkipDecoding()})
     ds = ds.batch(4096).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     with read_errors_named(info, split, builder, locate=True):
         parts = list(ds.as_numpy_iterator())
@@ -202,7 +217,7 @@ def train_batches(
             image_size, augmentation,
         )
     builder = prepared_builder(info, data_dir)  # fail now, not at the first batch
-    return _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, two_views)
+    return _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, two_views, augmentation)
 
 
 def in_memory_train_batches(
@@ -247,9 +262,13 @@ AUGMENTATION_PARAMS = ("index", "crop_dy", "crop_dx", "flip")
 # (timm's RandAugment on the [0, 255] view) and/or "+re0.25" (timm's random erasing, pixel mode,
 # probability 0.25, on the normalized view): the release's transformer transform with both
 # (docs/paper.md §8; zkd.data.timm_augment).
+# "crop_flip" names the in-memory default explicitly; "none": no augmentation at all (the
+# evaluation view: in-memory images as they are, streamed ones resized and centre-cropped).
 RRC = "random_resized_crop"
 RANDOM_ERASING = "re0.25"
-AUGMENTATIONS = ("", RRC, f"{RRC}+{timm_augment.RANDAUGMENT}", f"{RRC}+{RANDOM_ERASING}",
+CROP_FLIP = "crop_flip"
+NONE = "none"
+AUGMENTATIONS = ("", CROP_FLIP, NONE, RRC, f"{RRC}+{timm_augment.RANDAUGMENT}", f"{RRC}+{RANDOM_ERASING}",
                  f"{RRC}+{timm_augment.RANDAUGMENT}+{RANDOM_ERASING}")
 
 
@@ -264,6 +283,15 @@ def _check_view(info: DatasetInfo, two_views: bool, augmentation_params: bool, i
                 augmentation: str) -> None:
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation={augmentation!r}; valid: {', '.join(map(repr, AUGMENTATIONS))}")
+    if augmentation == CROP_FLIP and not info.in_memory:
+        raise ValueError(f"augmentation='crop_flip' serves in-memory datasets; {info.name} is streamed "
+                         "(its default is the random-resized crop; 'none' turns augmentation off)")
+    if augmentation == NONE and (two_views or augmentation_params):
+        raise ValueError("augmentation='none' is one plain view: not with MLKD's two views nor a teacher-logit cache")
+    if augmentation in (CROP_FLIP, NONE) and not image_size:
+        return
+    if not info.in_memory and augmentation in (RRC, NONE) and not image_size:
+        return  # a streamed dataset's own view, or none
     if not (image_size or augmentation):
         return
     if image_size < 0:
@@ -323,7 +351,7 @@ def _in_memory_train(info, images, labels, global_batch_size, p, b, seed, start_
             if rand_augment:
                 weak = timm_augment.rand_augment(weak, u_strong[:, : timm_augment.NUM_RA_UNIFORMS])
         else:
-            weak = transforms.pad_crop_flip(x, dy, dx, flip, info.pad)
+            weak = x if augmentation == NONE else transforms.pad_crop_flip(x, dy, dx, flip, info.pad)
             if image_size:
                 weak = transforms.resize_to_uint8_grid(weak, image_size, "bicubic")
         if not two_views:
@@ -369,23 +397,61 @@ def _read_config(seed: int | None) -> tfds.ReadConfig:
     return tfds.ReadConfig(shuffle_seed=seed, options=options)
 
 
-def _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, two_views):
+def _center_view(info: DatasetInfo, encoded: tf.Tensor) -> tf.Tensor:
+    """A streamed example's evaluation view: float32 [H, W, C] in [0, 255] (ImageNet: resize 256,
+    centre crop 224; a user's dataset the same proportions from any image format)."""
+    size = info.image_shape[0]
+    if info.source == "builtin":
+        return transforms.decode_resize_center_crop(encoded, size)
+    return transforms.resize_center_crop_any(transforms.decode_any(encoded, info.image_shape[2]), size)
+
+
+def raw_train_images(info: DatasetInfo, data_dir: str | None, batch: int = 1024) -> Iterator[np.ndarray]:
+    """The training split's images as the models see them before augmentation and normalization:
+    uint8 [<= batch, H, W, C] batches in file order (in-memory datasets: ``load_arrays``; streamed:
+    the evaluation view). Used for normalization statistics (zkd.data.catalog)."""
+    if info.in_memory:
+        images, _ = load_arrays(info, data_dir, "train")
+        for i in range(0, images.shape[0], batch):
+            yield images[i : i + batch]
+        return
+    builder = prepared_builder(info, data_dir)
+    ds = builder.as_dataset(split=info.train_split, shuffle_files=False,
+                            decoders={info.image_key: tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: tf.cast(tf.round(_center_view(info, ex[info.image_key])), tf.uint8),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    yield from read_named(ds.batch(batch).prefetch(2).as_numpy_iterator(), info, "train", builder)
+
+
+def _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, two_views, augmentation=""):
     b = global_batch_size // n
     steps_per_epoch = info.train_size // global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"global_batch_size {global_batch_size} exceeds the {info.train_size} training examples")
     start, end = process_range(info.train_size, p, n)
-    height, width, _ = info.image_shape
+    height, width, channels = info.image_shape
+    builtin = info.source == "builtin"  # ImageNet's JPEGs: only the crop window is decoded
+    # A dataset stored in a fixed order (TFDS disable_shuffling) is read in that order, shuffled
+    # by the buffer only: TFDS refuses to shuffle its files.
+    ordered = bool(getattr(builder.info, "disable_shuffling", False))
+
+    def crop(encoded, crop_seed):
+        if builtin:
+            return transforms.decode_random_resized_crop(encoded, crop_seed, height)
+        return transforms.random_resized_crop_any(transforms.decode_any(encoded, channels), crop_seed, height)
 
     def example(j, epoch, ex):
         """j: index of the example within this process's epoch stream."""
         step = epoch * steps_per_epoch + j // b
         counter = step * global_batch_size + p * b + j % b  # position in the global stream
         u = tf.random.stateless_uniform([2], seed=_seed(seed, counter, _WEAK))
-        weak = transforms.decode_random_resized_crop(ex["image"], _seed(seed, counter, _WEAK_RRC), height)
-        out = {"image": transforms.random_flip(weak, u[0]), "label": tf.cast(ex["label"], tf.int32)}
+        encoded, label = ex[info.image_key], tf.cast(ex[info.label_key], tf.int32)
+        if augmentation == NONE:
+            return {"image": _center_view(info, encoded), "label": label}
+        weak = crop(encoded, _seed(seed, counter, _WEAK_RRC))
+        out = {"image": transforms.random_flip(weak, u[0]), "label": label}
         if two_views:
-            strong = transforms.decode_random_resized_crop(ex["image"], _seed(seed, counter, _STRONG_CROP), height)
+            strong = crop(encoded, _seed(seed, counter, _STRONG_CROP))
             strong = transforms.random_flip(strong, u[1])
             ra = tf.random.stateless_uniform([1, randaugment.NUM_UNIFORMS], seed=_seed(seed, counter, _STRONG_RA))
             out = {
@@ -403,10 +469,10 @@ def _streaming_train(info, builder, global_batch_size, p, n, seed, start_step, t
     while True:
         epoch_seed = _epoch_seed(seed, epoch)
         ds = builder.as_dataset(
-            split=f"train[{start}:{end}]",
-            shuffle_files=True,
+            split=f"{info.train_split}[{start}:{end}]",
+            shuffle_files=not ordered,
             read_config=_read_config(epoch_seed),
-            decoders={"image": tfds.decode.SkipDecoding()},
+            decoders={info.image_key: tfds.decode.SkipDecoding()},
         )
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=epoch_seed, reshuffle_each_iteration=False)
         ds = ds.take(steps_per_epoch * b).skip(skip).enumerate(start=skip)
@@ -481,12 +547,11 @@ def _in_memory_eval(info, images, labels, b, image_size=0):
 
 
 def _streaming_eval(info, builder, split, count, b):
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-    size = info.image_shape[0]
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={info.image_key: tfds.decode.SkipDecoding()})
 
     def example(ex):
-        image = transforms.decode_resize_center_crop(ex["image"], size)
-        return {"image": transforms.normalize(image, info), "label": tf.cast(ex["label"], tf.int32)}
+        image = _center_view(info, ex[info.image_key])
+        return {"image": transforms.normalize(image, info), "label": tf.cast(ex[info.label_key], tf.int32)}
 
     ds = ds.take(count).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(b).prefetch(tf.data.AUTOTUNE)

@@ -3,6 +3,10 @@
     python -m zkd.data.prepare --dataset fashion_mnist --source /usr/share/datasets/fashion-mnist --data_dir DIR
     python -m zkd.data.prepare --dataset cifar100 --source cifar-100-python.tar.gz --data_dir DIR
     python -m zkd.data.prepare --dataset imagenet2012 --source DIR_WITH_ILSVRC2012_TARS --data_dir DIR
+    python -m zkd.data.prepare --folder DIR_OF_CLASS_FOLDERS --name my_data --data_dir DIR [--test_fraction 0.1]
+
+The last one writes a folder of class sub-folders of images as TFDS dataset ``my_data``, read with
+``--config.dataset=tfds:my_data`` (zkd.data.folder).
 
 Afterwards ``tfds.load(name, data_dir=DIR)`` (and every zkd pipeline) reads the dataset with
 no network. ``DIR`` may be in a bucket (``gs://...``): TFDS writes and reads it itself (its
@@ -172,14 +176,30 @@ def verify(dataset: str, data_dir: str | Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zkd.data.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    parser.add_argument("--source", required=True, help="local archive / directory of the original files")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help="a built-in dataset (with --source)")
+    parser.add_argument("--source", help="local archive / directory of the original files")
+    parser.add_argument("--folder", help="a folder of class sub-folders of images (with --name)")
+    parser.add_argument("--name", help="the TFDS name to give the folder's dataset (then dataset=tfds:NAME)")
+    parser.add_argument("--test_fraction", type=float, default=0.0,
+                        help="flat folders: hold out this fraction of every class as the test split")
     parser.add_argument("--data_dir", required=True, help="TFDS data directory to write")
     parser.add_argument("--overwrite", action="store_true", help="re-prepare an existing dataset")
     args = parser.parse_args(argv)
+    if bool(args.folder) == bool(args.dataset):
+        parser.error("give either --dataset with --source, or --folder with --name")
+    if args.dataset and not args.source:
+        parser.error("--dataset needs --source")
+    if args.folder and not args.name:
+        parser.error("--folder needs --name")
+    from zkd.data import folder
+
     try:
-        summary = prepare(args.dataset, args.source, args.data_dir, overwrite=args.overwrite)
-    except sources.DataNotFoundError as e:
+        if args.folder:
+            summary = folder.prepare_folder(args.folder, args.name, args.data_dir, test_fraction=args.test_fraction,
+                                            overwrite=args.overwrite)
+        else:
+            summary = prepare(args.dataset, args.source, args.data_dir, overwrite=args.overwrite)
+    except (sources.DataNotFoundError, folder.FolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))

@@ -49,6 +49,13 @@ _WHERE = {
 
 def prepare_instructions(name: str, data_dir: str | None) -> str:
     """What to get and the command that prepares dataset ``name`` in ``data_dir``."""
+    if name not in _WHERE:  # a user's dataset: "tfds:NAME"
+        tfds_name = name.split(":", 1)[1] if name.startswith("tfds:") else name
+        return (
+            f"With network access: `tfds build {tfds_name} --data_dir {data_dir or 'DATA_DIR'}` (then copy the "
+            f"directory here); a folder of class sub-folders of images: `python -m zkd.data.prepare --folder DIR "
+            f"--name {tfds_name} --data_dir {data_dir or 'DATA_DIR'}`."
+        )
     example_source, what = _WHERE[name]
     command = _PREPARE.format(name=name, source=example_source, data_dir=data_dir or "DATA_DIR")
     return (

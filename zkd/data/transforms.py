@@ -132,6 +132,37 @@ def decode_resize_center_crop(encoded: tf.Tensor, size: int, resize: int | None 
     return image[top : top + size, left : left + size, :]
 
 
+def decode_any(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+    """Encoded image bytes of any format TF decodes (JPEG, PNG, GIF, BMP) -> uint8 [H, W, channels]."""
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image.set_shape([None, None, channels])
+    return image
+
+
+def random_resized_crop_any(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """``decode_random_resized_crop`` of a decoded image [H, W, C] (any format, any C):
+    float32 [size, size, C] in [0, 255]."""
+    shape = tf.shape(image)
+    box = random_resized_crop_box(seed, shape[0], shape[1])
+    return _resize(tf.cast(image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]], tf.float32), [size, size])
+
+
+def resize_center_crop_any(image: tf.Tensor, size: int, resize: int | None = None) -> tf.Tensor:
+    """``decode_resize_center_crop`` of a decoded image [H, W, C]: the shorter side to ``resize``
+    (default round(size * 256 / 224); ``size`` itself for a plain centre crop), then the centre
+    ``size`` x ``size``. Returns float32 [size, size, C] in [0, 255]."""
+    resize = round(size * EVAL_RESIZE_RATIO) if resize is None else resize
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    short, long_ = tf.minimum(h, w), tf.maximum(h, w)
+    new_long = (resize * long_) // short
+    new_h = tf.where(h <= w, resize, new_long)
+    new_w = tf.where(h <= w, new_long, resize)
+    image = _resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]))
+    top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
+    return image[top : top + size, left : left + size, :]
+
+
 def random_flip(image: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
     """Mirror one [H, W, C] image left-right when the uniform ``u`` < 0.5."""
     return tf.cond(u < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
