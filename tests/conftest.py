@@ -7,6 +7,15 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the session: its xdist workers and the processes tests
+# start (workers, the notebook's kernel, the command) share it, so a step that many tests build
+# (same tiny model, same shapes) is compiled once. Keys hold the HLO, flags and versions: a hit is
+# the executable the compiler would have produced.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"zkd-tests-xla-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # TensorFlow (tf.data only) must never grab an accelerator nor spam the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
