@@ -25,3 +25,5 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 # gs:// tests: a fake GCS server per session (per xdist worker) and a bucket per test.
 from gcs_fixture import gcs_bucket, gcs_server  # noqa: E402, F401
+# The real Fashion-MNIST, prepared once per session (tests/shared_data.py).
+from shared_data import fashion_mnist_prepared  # noqa: E402, F401

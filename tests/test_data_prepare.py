@@ -26,12 +26,9 @@ def read_idx(path, offset):
 
 
 @pytest.fixture(scope="module")
-def fashion_dir(tmp_path_factory):
-    if not all((FASHION_SOURCE / f).is_file() for f in sources.FASHION_MNIST_FILES):
-        pytest.skip(f"{FASHION_SOURCE} lacks the IDX files: apt-get install dataset-fashion-mnist (CI installs it)")
-    data_dir = tmp_path_factory.mktemp("tfds")
-    summary = prepare.prepare("fashion_mnist", FASHION_SOURCE, data_dir)
-    return data_dir, summary
+def fashion_dir(fashion_mnist_prepared):
+    """prepare.prepare's (data_dir, summary), run once per session (tests/shared_data.py)."""
+    return fashion_mnist_prepared
 
 
 def test_fashion_mnist_prepared_from_debian_files(fashion_dir):

@@ -9,10 +9,11 @@ NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "exper
 
 
 @pytest.mark.skipif(not os.path.isdir(SOURCE), reason=f"Debian's dataset-fashion-mnist is not installed ({SOURCE})")
-def test_prototyping_notebook_executes(tmp_path):
+def test_prototyping_notebook_executes(tmp_path, fashion_mnist_prepared, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is in the test extra")
     nbclient = pytest.importorskip("nbclient", reason="nbclient (and ipykernel) are in the test extra")
     pytest.importorskip("matplotlib", reason="matplotlib is in the test extra")
+    monkeypatch.setenv("TFDS_DATA_DIR", fashion_mnist_prepared[0])  # the notebook reads an existing TFDS copy
     nb = nbformat.read(NOTEBOOK, as_version=4)
     env_dir = os.path.dirname(os.path.dirname(NOTEBOOK))
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": env_dir}})
@@ -22,4 +23,9 @@ def test_prototyping_notebook_executes(tmp_path):
     text = "\n".join(outputs.values())
     assert "KD 0.1749" in text and "KD+LS 0.0995" in text and "KD+LS 0.0" in text
     assert "| KD+LS | resnet8 |" in text
+    # Section 4: a user's CNN teacher and MLP student on arrays, through the Python API.
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in text.splitlines()
+            if line.startswith("| ") and "(my_" in line}
+    assert set(rows) == {"teacher (my_cnn, CE)", "KD (my_mlp)", "KD+LS (my_mlp)"}, text[-2000:]
+    assert rows["teacher (my_cnn, CE)"] > 50 and min(rows.values()) > 10  # 10 classes: chance is 10%
     assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))

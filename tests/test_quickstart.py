@@ -1,6 +1,7 @@
 """The README's main job on the real Fashion-MNIST files, shrunk to a few steps."""
 
 import os
+import shutil
 
 import pytest
 
@@ -10,10 +11,22 @@ SOURCE = "/usr/share/datasets/fashion-mnist"
 
 
 @pytest.mark.skipif(not os.path.isdir(SOURCE), reason=f"Debian's dataset-fashion-mnist is not installed ({SOURCE})")
-def test_quickstart_prepares_offline_trains_three_runs_and_tabulates(tmp_path):
+def test_quickstart_prepares_offline_trains_three_runs_and_tabulates(tmp_path, fashion_mnist_prepared, monkeypatch):
+    from zkd.data import prepare
+
+    shared, _ = fashion_mnist_prepared  # prepare.prepare itself is tested in tests/test_data_prepare.py
+    calls = []
+
+    def prepare_by_copy(dataset, source, data_dir):  # what prepare.prepare would write, without redoing it
+        calls.append((dataset, source, data_dir))
+        shutil.copytree(shared, data_dir, dirs_exist_ok=True)
+
     data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "work")
+    monkeypatch.setattr(prepare, "prepare", prepare_by_copy)
     assert "prepared offline" in quickstart.ensure_fashion_mnist(data_dir, SOURCE)
+    assert calls == [("fashion_mnist", SOURCE, data_dir)]
     assert "already prepared" in quickstart.ensure_fashion_mnist(data_dir, SOURCE)
+    assert len(calls) == 1
     rows = quickstart.run_all(workdir, data_dir, "resnet8", "resnet8", teacher_epochs=1, student_epochs=1,
                               train_steps=2, seed=0)
     assert [r["run"] for r in rows] == ["teacher", "KD", "KD+LS"]

@@ -263,6 +263,7 @@ class Run:
     eval_step: Callable
     teacher_eval_step: Optional[Callable]
     device_data: Any = None
+    teacher_label: str = ""  # how logs name the teacher
     _eval_cache: Optional[list] = None
 
     @property
@@ -431,5 +432,9 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
     eval_step = parallel.jit_eval_step(step_lib.make_run_eval_step(student.apply, len(points), vectorize), mesh)
     teacher_eval = None if teacher_model is None else parallel.jit_eval_step(
         step_lib.make_eval_step(teacher_model.apply, config.get("teacher_input_size", 0)), mesh)
+    t = config.teacher
+    label = ("(given in Python)" if teacher is not None else
+             f"ensemble of {len(t.get('ensemble', ()))}" if t.get("ensemble", ()) else
+             t.get("factory", "") or t.name)
     return Run(config, points, info, mesh, student, teacher_model, teacher_variables, steps_per_epoch, lr_fn, tx,
-               settings, state, train_step, eval_step, teacher_eval, device_data)
+               settings, state, train_step, eval_step, teacher_eval, device_data, label)

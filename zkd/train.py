@@ -210,7 +210,7 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
         if start_step == 0:  # a resumed run logged it at its first start
             for w in all_writers:
                 w.write(0, "teacher", t_metrics)
-        print(f"teacher {config.teacher.name}: top-1 {t_metrics['top1']:.2f}%  top-5 {t_metrics['top5']:.2f}%  "
+        print(f"teacher {run.teacher_label}: top-1 {t_metrics['top1']:.2f}%  top-5 {t_metrics['top5']:.2f}%  "
               f"logit std {t_metrics['logit_std']:.3f}  ({int(t_metrics['count'])} test images)", flush=True)
 
     # --- the loop
