@@ -198,13 +198,14 @@ def write_folder(root, layout, rng, size=12):
 def test_image_folder_prepared_then_trained_by_the_command(tmp_path):
     rng = np.random.default_rng(4)
     src = tmp_path / "images"
-    written = write_folder(src, {f"{s}/{c}": n for s, n in (("train", 6), ("val", 2)) for c in CLASSES}, rng)
+    # The sizes of the shapes fixture's runs (48 / 12 images of 16x16x3, batch 16): the same step, compiled once.
+    written = write_folder(src, {f"{s}/{c}": n for s, n in (("train", 16), ("val", 4)) for c in CLASSES}, rng, size=16)
     (src / ".DS_Store").write_text("ignored")
     data_dir = tmp_path / "tfds"
     assert prepare.main(["--folder", str(src), "--name", "zkd_test_folder", "--data_dir", str(data_dir)]) == 0
     info = data.resolve("tfds:zkd_test_folder", str(data_dir))
     classes = tuple(sorted(CLASSES))  # labels follow the sorted folder names
-    assert (info.train_size, info.test_size, info.test_split, info.class_names) == (18, 6, "validation", classes)
+    assert (info.train_size, info.test_size, info.test_split, info.class_names) == (48, 12, "validation", classes)
     ds = tfds.load("zkd_test_folder", split="validation", data_dir=str(data_dir))
     for ex in ds.as_numpy_iterator():  # lossless, labelled by sorted class folder name
         path = src / "val" / ex["file_name"].decode().split("val/", 1)[1]
@@ -213,12 +214,12 @@ def test_image_folder_prepared_then_trained_by_the_command(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
         [sys.executable, "-m", "zkd.main",
-         f"--config=configs/your_data.py:dataset=tfds:zkd_test_folder,data_dir={data_dir},epochs=1,batch_size=8",
-         "--config.eval_batch_size=8", f"--workdir={tmp_path / 'wd'}"],
+         f"--config=configs/your_data.py:dataset=tfds:zkd_test_folder,data_dir={data_dir},epochs=1,batch_size=16",
+         "--config.eval_batch_size=8", "--config.optimizer.lr_milestones=(1,)", f"--workdir={tmp_path / 'wd'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = metrics(tmp_path / "wd", "eval")
-    assert record["count"] == 6 and record["epoch"] == 1
+    assert record["count"] == 12 and record["epoch"] == 1
 
 
 def test_flat_folder_with_held_out_fraction(tmp_path):
