@@ -22,7 +22,12 @@ def test_prototyping_notebook_executes(tmp_path, fashion_mnist_prepared, monkeyp
                if c.cell_type == "code"}
     text = "\n".join(outputs.values())
     assert "KD 0.1749" in text and "KD+LS 0.0995" in text and "KD+LS 0.0" in text
-    assert "| KD+LS | resnet8 |" in text
+    # Part 3 is the README's main job (zkd.quickstart.run_all + format_table) on a few steps.
+    table = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "resnet8 |" in line]
+    assert [r[0].strip() for r in table] == ["teacher", "KD", "KD+LS"], text[-3000:]
+    for r in table:
+        assert 0.0 <= float(r[3]) <= 100.0 and r[6].strip() == "1"  # best top-1, epochs
+    assert table[0][5].strip() == "" and all(0.0 <= float(r[5]) <= 100.0 for r in table[1:])  # agreement
     # Section 4: a user's CNN teacher and MLP student on arrays, through the Python API.
     rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in text.splitlines()
             if line.startswith("| ") and "(my_" in line}
