@@ -44,6 +44,14 @@ from zkd.models import user
 _TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin")
 
 
+def _field(config, name: str, default):
+    """``config.get(name, default)`` for a ConfigDict or mapping, ``getattr`` for any object with
+    attributes (a namespace, a dataclass): the fields added for users' teachers are optional."""
+    if hasattr(config, "get"):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
 class TeacherError(ZkdError, ValueError):
     """The teacher a config names cannot be loaded or does not match the configured model."""
 
@@ -82,14 +90,14 @@ def load_teacher(teacher_config, num_classes: int, input_shape: tuple, dtype=jnp
       TeacherError: naming the field, the problem and the fix; ModelFactoryError /
         ModelContractError (zkd.models.user) for a factory that cannot build a valid model.
     """
-    entries = teacher_config.get("ensemble", ()) or ()
+    entries = _field(teacher_config, "ensemble", ()) or ()
     if entries:
         return _load_ensemble(teacher_config, entries, num_classes, input_shape, dtype)
     name, zoo, path = teacher_config.name, teacher_config.zoo, teacher_config.checkpoint
-    factory = teacher_config.get("factory", "") or ""
+    factory = _field(teacher_config, "factory", "") or ""
     if not name and not factory:
         raise TeacherError("config.teacher.name is empty; name the teacher's architecture")
-    arch = {"name": name, "zoo": zoo, "factory": factory, "options": teacher_config.get("options", None)}
+    arch = {"name": name, "zoo": zoo, "factory": factory, "options": _field(teacher_config, "options", None)}
     model = _build(arch, num_classes, input_shape, dtype)
     if not path:
         raise TeacherError(
@@ -174,7 +182,7 @@ def _load_ensemble(teacher_config, entries, num_classes, input_shape, dtype):
             f"config.teacher.ensemble={entries!r} is a string; it is a tuple of checkpoints, e.g. "
             f"({entries!r}, 'workdirs/t2')")
     entries = tuple(entries)
-    if teacher_config.get("checkpoint", ""):
+    if _field(teacher_config, "checkpoint", ""):
         raise TeacherError(
             "config.teacher.checkpoint and config.teacher.ensemble are both set; set one: "
             "checkpoint for one teacher, ensemble for the mean of several (then checkpoint='')")
@@ -182,7 +190,7 @@ def _load_ensemble(teacher_config, entries, num_classes, input_shape, dtype):
         raise TeacherError(
             f"config.teacher.ensemble={entries!r} has one member; an ensemble needs two or more. "
             f"For one teacher use config.teacher.checkpoint={entries[0]!r} (and ensemble=())")
-    zoo, factory = teacher_config.zoo, teacher_config.get("factory", "") or ""
+    zoo, factory = teacher_config.zoo, _field(teacher_config, "factory", "") or ""
     members = []
     for i, entry in enumerate(entries):
         name, path = parse_ensemble_entry(entry)
@@ -191,7 +199,7 @@ def _load_ensemble(teacher_config, entries, num_classes, input_shape, dtype):
                     "label": f"architecture {name!r} of config.teacher.ensemble[{i}]={entry!r}"}
         else:
             arch = {"name": teacher_config.name, "zoo": zoo, "factory": factory,
-                    "options": teacher_config.get("options", None)}
+                    "options": _field(teacher_config, "options", None)}
             if not arch["name"] and not factory:
                 raise TeacherError(
                     f"config.teacher.ensemble[{i}]={entry!r} names no architecture and "
