@@ -128,7 +128,9 @@ def _torch_teacher(tmp_path):
 
 
 def _teacher_config(checkpoint_path):
-    return type("T", (), {"name": "resnet8", "zoo": "cifar", "checkpoint": checkpoint_path})()
+    import ml_collections
+
+    return ml_collections.ConfigDict({"name": "resnet8", "zoo": "cifar", "checkpoint": checkpoint_path})
 
 
 def test_pytorch_teacher_file_in_a_bucket(gcs_bucket, tmp_path):
@@ -220,19 +222,18 @@ def _files(root) -> list[str]:
 # ----------------------------------------------------------------------------- a whole run in a bucket
 
 
-def test_a_run_in_a_bucket_killed_and_resumed_ends_as_on_disk_and_teaches_a_student(gcs_bucket, tmp_path):
+def test_a_run_in_a_bucket_killed_and_resumed_ends_as_on_disk_and_teaches_a_student(gcs_bucket, tmp_path, request):
     """tests/train_worker.py's KD+LS run with its workdir in the bucket: SIGKILLed mid-epoch (its
     hold left behind), the same command again takes the hold over and ends with the metrics and
-    parameters of the run on a local disk; every output is in the bucket; a student then distils
-    from that run as its teacher, straight from the bucket."""
-    from tests.test_reliability import _assert_same_run, _worker
-    from tests.train_fixtures import mock_cifar100, save_random_teacher, tiny_config
+    parameters of the run on a local disk (the uninterrupted run tests/test_reliability.py's
+    fault tests compare with, made once per session); every output is in the bucket; a student
+    then distils from that run as its teacher, straight from the bucket."""
+    from tests.test_reliability import _assert_same_run, _worker, shared_teacher, uninterrupted
+    from tests.train_fixtures import mock_cifar100, tiny_config
     from zkd import checkpoint, metrics_io, train
 
-    teacher = save_random_teacher(str(tmp_path / "teacher"))
-    local, run = str(tmp_path / "local"), f"{gcs_bucket}/runs/kd"
-    done = _worker(local, teacher)
-    assert done.returncode == 0, done.stderr[-3000:]
+    teacher = shared_teacher(request.getfixturevalue("tmp_path_factory"))
+    run = f"{gcs_bucket}/runs/kd"
     killed = _worker(run, teacher, "--die_after_batches", "7")
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert "zkd-hold.json" in paths.listdir(run)
@@ -242,6 +243,7 @@ def test_a_run_in_a_bucket_killed_and_resumed_ends_as_on_disk_and_teaches_a_stud
     for name in ("config.json", "metrics.jsonl", "summary.json"):
         assert name in objects, objects
     assert any(o.startswith("tensorboard/events.out.tfevents") for o in objects), objects
+    local = uninterrupted(request, "single")["single"]  # the same run (same teacher) on a local disk
     assert checkpoint.TrainingCheckpoints(run).all_steps() == checkpoint.TrainingCheckpoints(local).all_steps()
     assert "zkd-hold.json" not in objects
     _assert_same_run(local, run)

@@ -1,6 +1,8 @@
 """Preemption, determinism, non-finite values and bad input (issue: reliability)."""
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import shutil
 import subprocess
@@ -16,9 +18,45 @@ WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
 TIMING = {"images_per_second"}
 
 
+# ----------------------------------------------------------------------------- shared by every worker of a session
+#
+# The teacher and the uninterrupted runs the fault tests (and tests/test_buckets.py) compare with
+# are made once per pytest session, in a directory every pytest-xdist worker of it sees, under a
+# file lock: a worker that needs a run another worker is making waits for it instead of training it again.
+
+
+def _shared_root(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()  # <session>/popen-gwN under xdist, <session> without
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "zkd-reliability-shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def _locked(path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def shared_teacher(tmp_path_factory) -> str:
+    """A saved random resnet8 teacher (save_random_teacher's default seed), one per session."""
+    root = _shared_root(tmp_path_factory)
+    directory = root / "teacher" / "resnet8"
+    with _locked(root / "teacher.lock"):
+        if not (root / "teacher.done").exists():
+            shutil.rmtree(root / "teacher", ignore_errors=True)
+            save_random_teacher(str(directory))
+            (root / "teacher.done").touch()
+    return str(directory)
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    return save_random_teacher(str(tmp_path_factory.mktemp("teacher") / "resnet8"))
+    return shared_teacher(tmp_path_factory)
 
 
 def _worker(workdir, teacher, *flags):
@@ -48,15 +86,38 @@ def _assert_same_run(a, b):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7), pa, pb)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, teacher_dir):
-    """The worker's run (and its two-point sweep) without a fault, once per test process."""
-    runs = {}
-    for name, flags in (("single", ()), ("sweep", ("--sweep",))):
-        runs[name] = str(tmp_path_factory.mktemp("straight") / name)
-        done = _worker(runs[name], teacher_dir, *flags)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return runs
+def _baselines_the_session_runs(session) -> set:
+    """The uninterrupted runs that this session's fault tests compare with ("single", "sweep")."""
+    names = set()
+    for item in session.items:
+        fault = getattr(getattr(item, "callspec", None), "params", {}).get("fault")
+        if fault in FAULTS:
+            names.add("sweep" if "--sweep" in FAULTS[fault][0] else "single")
+    return names
+
+
+def uninterrupted(request, *names) -> dict:
+    """{name: workdir} of the worker's run ("single") and of its two-point sweep ("sweep"), each
+    without a fault: made once per session (with the shared teacher), in one process for every
+    one of them the session's tests need, the first time a test asks for one."""
+    tmp_path_factory = request.getfixturevalue("tmp_path_factory")
+    root = _shared_root(tmp_path_factory)
+    teacher = shared_teacher(tmp_path_factory)
+    runs = {name: str(root / "straight" / name) for name in ("single", "sweep")}
+    with _locked(root / "straight.lock"):
+        missing = [n for n in runs if n in set(names) | _baselines_the_session_runs(request.session)
+                   and not (root / f"straight-{n}.done").exists()]
+        for name in missing:
+            shutil.rmtree(runs[name], ignore_errors=True)  # a start that failed earlier
+        if missing == ["single", "sweep"]:
+            done = _worker(runs["single"], teacher, "--then_sweep", runs["sweep"])
+        elif missing:
+            done = _worker(runs[missing[0]], teacher, *(("--sweep",) if missing == ["sweep"] else ()))
+        if missing:
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        for name in missing:
+            (root / f"straight-{name}.done").touch()
+    return {name: runs[name] for name in names}
 
 
 # (flags of the faulty start, its exit status, the step its checkpoint holds or None, what it prints)
@@ -73,7 +134,7 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, teacher_dir, uninterrupted, fault):
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, teacher_dir, request, fault):
     """Real processes: killed (SIGKILL, mid-epoch or mid-write), preempted (SIGTERM: the step
     finishes, its checkpoint is saved, exit 75; a first Ctrl-C sets the same request, see
     test_a_second_ctrl_c_aborts_at_once), or saving every 2 steps and then killed;
@@ -97,12 +158,13 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, teache
     _, meta = ck.restore_latest(None)
     ck.close()
     assert "step" not in meta and "partial" not in meta  # an epoch end's meta: a later restart resumes from it
+    # Asked for last: while one xdist worker trains the uninterrupted runs, another runs its faults.
     if sweep:
+        straight = uninterrupted(request, "sweep")["sweep"]
         for name in ("kd1", "kd5"):
-            _assert_same_run(os.path.join(uninterrupted["sweep"], "students", name),
-                             os.path.join(workdir, "students", name))
+            _assert_same_run(os.path.join(straight, "students", name), os.path.join(workdir, "students", name))
     else:
-        _assert_same_run(uninterrupted["single"], workdir)
+        _assert_same_run(uninterrupted(request, "single")["single"], workdir)
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_differs(tmp_path, teacher_dir):
