@@ -14,12 +14,27 @@ random images (NHWC for Flax, NCHW for torch).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
+import pytest
 import torch
 
 import zkd.convert
 import zkd.models
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """PyTorch on one thread for a module's tests (restored after): its default, a thread per
+    core, spin-waits when the cores are busy (pytest -n 2 on two cores, XLA's own threads), and a
+    batch-1 forward of resnet110 then takes ~2.5 s instead of ~0.02 s. Same references, same
+    tolerances. Import it into a test module to use it there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def randomize_batchnorm(torch_model: torch.nn.Module, seed: int = 0) -> None:
@@ -57,7 +72,7 @@ def param_count(name: str, num_classes: int, zoo: str, shape=(1, 32, 32, 3)) -> 
 
 
 def assert_torch_flax_equal(torch_model: torch.nn.Module, name: str, num_classes: int, zoo: str,
-                            input_shapes, rtol: float = 1e-4, seed: int = 0) -> float:
+                            input_shapes, rtol: float = 1e-4, seed: int = 0, jit: bool = False) -> float:
     """Assert torch and Flax logits agree on every NHWC shape in ``input_shapes``.
 
     Args:
@@ -65,6 +80,12 @@ def assert_torch_flax_equal(torch_model: torch.nn.Module, name: str, num_classes
       name, num_classes, zoo: the Flax architecture, as for ``zkd.models.build``.
       input_shapes: NHWC shapes ``(B, H, W, C)``; torch receives the same images as NCHW.
       rtol: bound on max|flax - torch| / max|torch| per shape.
+      jit: apply the Flax model as one compiled program per shape (``jax.jit``) instead of op by
+        op. The same computation either way; what is cheaper differs: op by op, the compiled
+        primitives are shared by every model with the same layer shapes (the CIFAR ResNets
+        compile their layers once, ImageNet ResNet34 reuses ResNet18's); a network whose layers
+        nothing else shares (MobileNets, ShuffleNets, CIFAR ResNet18 / ResNet50) compiles
+        several times faster whole.
 
     Also asserts both models have the same number of parameters and that the logits have shape
     ``[B, num_classes]``. Returns the largest relative error seen.
@@ -78,11 +99,14 @@ def assert_torch_flax_equal(torch_model: torch.nn.Module, name: str, num_classes
     n_flax = zkd.models.count_params(variables["params"])
     assert n_flax == n_torch, f"{name}: Flax has {n_flax} parameters, torch {n_torch}"
 
+    apply = functools.partial(model.apply, train=False)
+    if jit:
+        apply = jax.jit(apply)
     rng = np.random.default_rng(seed)
     worst = 0.0
     for shape in input_shapes:
         images = rng.standard_normal(shape).astype(np.float32)
-        flax_logits = np.asarray(model.apply(variables, images, train=False))
+        flax_logits = np.asarray(apply(variables, images))
         with torch.no_grad():
             torch_logits = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
         assert flax_logits.shape == (shape[0], num_classes), (name, shape, flax_logits.shape)

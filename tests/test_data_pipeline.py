@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import functools
 from unittest import mock
 
 import numpy as np
@@ -115,10 +116,19 @@ def test_cifar_determinism_and_resume():
     assert not np.array_equal(a[0]["image"], a[6]["image"])  # a new epoch is reshuffled
 
 
+@functools.lru_cache(maxsize=None)
+def two_view_global_batches(steps):
+    """The first ``steps`` global batches of the two-view (MLKD) stream of one process: the
+    reference of both process counts below, computed once (each epoch's tf.data pipeline traces
+    RandAugment, seconds apiece)."""
+    with mock_tfds():
+        return take(data.train_batches(CIFAR, data_dir=None, global_batch_size=16, seed=1, two_views=True), steps)
+
+
 @pytest.mark.parametrize("processes", [2, 4])
 def test_cifar_process_batches_concatenate_to_global(processes):
+    single = two_view_global_batches(4)  # steps 0-2 are epoch 0, step 3 epoch 1
     with mock_tfds():
-        single = take(data.train_batches(CIFAR, data_dir=None, global_batch_size=16, seed=1, two_views=True), 4)
         parts = [
             take(
                 data.train_batches(

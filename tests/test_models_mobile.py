@@ -17,7 +17,8 @@ import torch
 
 import zkd.convert
 import zkd.models
-from model_equivalence import assert_torch_flax_equal, param_count, randomize_batchnorm, torch_to_flax
+from model_equivalence import (assert_torch_flax_equal, one_torch_thread, param_count,  # noqa: F401
+                               randomize_batchnorm, torch_to_flax)
 from torch_reference.mobilenets import (cifar_mobilenet_v2, imagenet_mobilenet_v1,
                                         torchvision_mobilenet_v2)
 from torch_reference.shufflenets import shuffle, shuffle_v1, shuffle_v2
@@ -66,16 +67,16 @@ def test_imagenet_param_count(name):
 def test_cifar_logits_match_torch(name):
     # CIFAR 32x32 RGB, then Fashion-MNIST 28x28 grayscale (resolutions 14, 7, 4, 2 inside).
     torch.manual_seed(0)
-    assert_torch_flax_equal(TORCH_CIFAR[name](10), name, 10, "cifar", [(2, 32, 32, 3)])
+    assert_torch_flax_equal(TORCH_CIFAR[name](10), name, 10, "cifar", [(2, 32, 32, 3)], jit=True)
     assert_torch_flax_equal(TORCH_CIFAR[name](10, in_channels=1), name, 10, "cifar",
-                            [(1, 28, 28, 1)], seed=1)
+                            [(1, 28, 28, 1)], seed=1, jit=True)
 
 
 @pytest.mark.parametrize("name", sorted(TORCH_IMAGENET))
 def test_imagenet_logits_match_torch(name):
     torch.manual_seed(0)
     assert_torch_flax_equal(TORCH_IMAGENET[name](12), name, 12, "imagenet",
-                            [(1, 64, 64, 3), (1, 96, 96, 3)])
+                            [(1, 64, 64, 3), (1, 96, 96, 3)], jit=True)
 
 
 @pytest.mark.parametrize("groups", [1, 2, 3])

@@ -29,13 +29,30 @@ def _build(config, image_shape=(16, 16, 3), num_classes=10, steps_per_epoch=5, m
                                train_size=steps_per_epoch * config.batch_size)
     teacher = None
     if config.method != "ce":
-        model = models.build(config.teacher.name, num_classes, zoo=config.teacher.zoo,
-                             dtype=engine.DTYPES[config.dtype])
-        init = functools.partial(model.init, train=False)
-        args = (jax.random.key(7), jnp.zeros((1, *image_shape)))
-        teacher = (model, jax.eval_shape(init, *args) if abstract else jax.jit(init)(*args))
+        if abstract:
+            teacher = _abstract_teacher(config.teacher.name, config.teacher.zoo, config.dtype, num_classes,
+                                        image_shape)
+        else:
+            model = models.build(config.teacher.name, num_classes, zoo=config.teacher.zoo,
+                                 dtype=engine.DTYPES[config.dtype])
+            # The "rbg" generator compiles this init several times faster than threefry.
+            teacher = (model, jax.jit(functools.partial(model.init, train=False))(
+                jax.random.key(7, impl="rbg"), jnp.zeros((1, *image_shape))))
     run = engine.build(config, teacher=teacher, info=info, mesh=mesh or parallel.make_mesh(1), abstract=abstract)
     return run, run.settings[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract_teacher(name, zoo, dtype, num_classes, image_shape):
+    """(apply_fn, variables' shapes) of a random teacher, made once per architecture and dtype:
+    many configs share a teacher. The teacher is handed to engine.build as its jitted apply
+    function (``zkd.teacher.from_python``'s other form of a teacher), so JAX traces its forward
+    once per input shape for all those configs, not twice per config (engine.build's check and
+    the step); ShapeDtypeStructs are immutable."""
+    model = models.build(name, num_classes, zoo=zoo, dtype=engine.DTYPES[dtype])
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(7),
+                            jnp.zeros((1, *image_shape)))
+    return jax.jit(model.apply, static_argnames="train"), shapes
 
 
 def _step(run, state, batch):
@@ -142,7 +159,10 @@ def test_each_method_steps_with_finite_metrics(method, ls):
     if method == "ce" and ls:
         pytest.skip("LS does not apply to cross-entropy")
     c = recipes.cifar_distillation(method, "resnet8", "resnet8", ls) if method != "ce" else recipes.cifar_teacher("resnet8")
-    run, settings = _build(c)
+    # One step per epoch and batches of 8 on one device, as the tests below that train resnet8:
+    # the same step compiles to the same program, compiled once in the session's persistent
+    # compilation cache (tests/conftest.py). Step 2 is in epoch 2 (CTKD's lambda is then not 0).
+    run, settings = _build(c, steps_per_epoch=1)
     state = run.state
     for i in range(2):
         state, metrics = _step(run, state, _batch(settings, seed=i))
@@ -159,7 +179,7 @@ def test_each_method_steps_with_finite_metrics(method, ls):
 
 def test_teacher_is_frozen_and_ctkd_temperature_is_trained():
     c = recipes.cifar_distillation("ctkd", "resnet8", "resnet8", True)
-    run, settings = _build(c, steps_per_epoch=1)  # epoch >= 2: lambda != 0
+    run, settings = _build(c, steps_per_epoch=1)  # epoch >= 2: lambda != 0 (the step of [True-ctkd] above)
     state = run.state
     teacher_before = jax.tree.map(np.asarray, state.teacher_variables)
     for i in range(3):
@@ -170,7 +190,7 @@ def test_teacher_is_frozen_and_ctkd_temperature_is_trained():
 
 def test_dkd_warmup_scales_the_loss_by_epoch():
     c = recipes.cifar_distillation("dkd", "resnet8", "resnet8", False)
-    run, settings = _build(c, steps_per_epoch=1)
+    run, settings = _build(c, steps_per_epoch=1)  # the step of [False-dkd] above
     state10 = run.state.replace(students=(run.state.students[0].replace(step=jnp.asarray(9, jnp.int32)),))
     state10 = parallel.replicate(jax.tree.map(jnp.copy, state10), run.mesh)  # the step donates its state
     _, m1 = _step(run, run.state, _batch(settings))
@@ -181,11 +201,11 @@ def test_dkd_warmup_scales_the_loss_by_epoch():
 def test_four_devices_match_one_device_for_the_same_global_batch():
     c = recipes.cifar_distillation("kd", "resnet8", "resnet8", True)
     results = []
-    for n in (1, 4):
-        run, settings = _build(c, mesh=parallel.make_mesh(n))
+    for n in (1, 4):  # one device: the step of test_each_method_steps_with_finite_metrics[True-kd]
+        run, settings = _build(c, steps_per_epoch=1, mesh=parallel.make_mesh(n))
         state = run.state
         for i in range(3):
-            state, m = _step(run, state, _batch(settings, batch=16, seed=i))
+            state, m = _step(run, state, _batch(settings, batch=8, seed=i))  # 2 examples per device
         s = state.students[0]
         results.append((jax.tree.map(np.asarray, (s.params, s.batch_stats)), float(m["loss"])))
     (p1, l1), (p4, l4) = results

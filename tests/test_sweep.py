@@ -132,7 +132,7 @@ def test_vmapped_and_unrolled_students_take_the_same_step():
     eval_batch = dict(batch, mask=jnp.arange(8) < 6)
     sums = {mode: jax.jit(step_lib.make_run_eval_step(run.student.apply, len(run.points), mode))(variables, eval_batch)
             for mode in step_lib.VECTORIZE}
-    single = step_lib.make_eval_step(run.student.apply)(variables[1], eval_batch)
+    single = jax.jit(step_lib.make_eval_step(run.student.apply))(variables[1], eval_batch)
     for k in single:
         np.testing.assert_allclose(sums["unroll"][1][k], single[k], rtol=1e-5, err_msg=k)
         for i in range(len(run.points)):
