@@ -49,6 +49,7 @@ not round them) and stored as float16: relative error <= 2^-11 for |logit| >= 2^
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import hashlib
 import json
@@ -65,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zkd
-from zkd import paths
+from zkd import paths, xla_options
 from zkd.data import device
 from zkd.data.info import DatasetInfo, get_info
 from zkd.data.pipeline import AUGMENTATION_PARAMS
@@ -202,7 +203,7 @@ def make_variant_logits_fn(teacher_apply_fn: Callable, dataset: str | DatasetInf
     dy, dx, flip = variant_params(np.arange(num_variants(info.pad)), info.pad)
     v = dy.shape[0]
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_options.compiler_options())
     def fn(variables, images):
         e = images.shape[0]
         x = jnp.repeat(images, v, axis=0)  # [e V, H, W, C], example-major

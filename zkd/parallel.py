@@ -21,6 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from zkd import xla_options
+
 DATA_AXIS = "data"
 
 
@@ -115,14 +117,16 @@ def jit_train_step(train_step: Callable, mesh: Mesh, batch_replicated: bool = Fa
     gathers from), state and metrics replicated."""
     rep = replicated(mesh)
     batch = rep if batch_replicated else batch_sharded(mesh)
-    return jax.jit(train_step, in_shardings=(rep, batch), out_shardings=(rep, rep), donate_argnums=(0,))
+    return jax.jit(train_step, in_shardings=(rep, batch), out_shardings=(rep, rep), donate_argnums=(0,),
+                   compiler_options=xla_options.compiler_options(mesh.devices.flat))
 
 
 def jit_eval_step(eval_step: Callable, mesh: Mesh) -> Callable:
     """jit ``eval_step(variables, batch)``: variables replicated, batch sharded along its
     leading axis. The outputs' shardings are left to the compiler (sums come out replicated,
     per-example outputs sharded like the batch); ``to_host`` fetches either."""
-    return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharded(mesh)))
+    return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                   compiler_options=xla_options.compiler_options(mesh.devices.flat))
 
 
 def to_host(tree: Any) -> Any:

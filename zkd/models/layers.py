@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zkd.models.batchnorm import BatchNorm
+
 Dtype = Any
 
 # kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated as in PyTorch.
@@ -41,16 +43,15 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, use_b
     )
 
 
-def batch_norm(train: bool, *, dtype: Optional[Dtype] = None, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, *, dtype: Optional[Dtype] = None, name: str) -> BatchNorm:
     """``nn.BatchNorm2d`` / ``nn.BatchNorm1d`` with PyTorch's momentum and epsilon.
 
     ``train=True`` normalizes with batch statistics and updates ``batch_stats`` (the caller must
-    pass ``mutable=["batch_stats"]``); ``train=False`` uses the running statistics.
+    pass ``mutable=["batch_stats"]``); ``train=False`` uses the running statistics. Flax's
+    ``nn.BatchNorm`` (two-pass variance) computed with matrix products (zkd.models.batchnorm).
     """
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-        param_dtype=jnp.float32, use_fast_variance=False, name=name,
-    )
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                     param_dtype=jnp.float32, name=name)
 
 
 def _torch_linear_bias_init(key, shape, dtype=jnp.float32, *, fan_in: int):
