@@ -287,3 +287,58 @@ def test_study_end_to_end_tiny(tmp_path):
     for name in ("ablation.png", "curves.png", "logit_std.png", "logit_stats/logit_distributions.png",
                  "logit_stats/class_mean_logit_diff.png"):
         assert os.path.getsize(os.path.join(figures, name)) > 1000, name
+
+
+# ----------------------------------------------------------------------------- converged Fashion-MNIST study
+
+converged = _load("fashion_mnist_converged")
+
+
+def test_converged_study_plan_tunes_on_validation_and_reports_on_test():
+    args = converged.argparse.Namespace(workdir_root="/w", data_dir="/d", teacher="resnet20", student="resnet8",
+                                        train_split="train[:10000]", val_split="train[50000:]", teacher_epochs=15,
+                                        student_epochs=12, dkd_warmup=2)
+    runs = {name: (kind, c) for name, kind, c in converged.plan(args)}
+    assert list(runs) == ["teacher", "tune_kd", "tune_kd_ls", "final_kd", "final_kd_ls", "final_dkd", "final_dkd_ls"]
+    kind, teacher = runs["teacher"]
+    assert kind == "single" and teacher.method == "ce" and teacher.num_epochs == 15
+    for name, (kind, c) in runs.items():
+        assert c.dataset == "tfds:fashion_mnist" and c.data.train_split == "train[:10000]"
+        if name.startswith("tune_"):
+            assert c.data.test_split == "train[50000:]" and c.num_epochs == 12  # chosen on validation
+            assert tuple(c.sweep.temperature) == (2.0, 3.0) and tuple(c.sweep.kd_weight) == (3.0, 6.0, 9.0, 12.0, 15.0)
+            assert c.logit_stand == name.endswith("_ls") and c.teacher.checkpoint == "/w/teacher"
+        elif name.startswith("final_"):
+            assert c.data.test_split == "test" and tuple(c.sweep.seed) == (0, 1, 2)
+    assert runs["final_dkd"][1].loss.dkd_warmup_epochs == 2.0 and runs["final_dkd_ls"][1].loss.dkd_alpha == 9.0
+    # the train slice and the validation slice do not overlap
+    assert int(args.train_split[len("train[:"):-1]) <= int(args.val_split[len("train["):-2])
+
+
+def test_converged_study_choice_convergence_and_report():
+    grid = [{"values": {"temperature": t, "kd_weight": w}, "best_top1": 80 + t + w / 100, "last_top1": 0.0, "curve": []}
+            for t in converged.GRID_T for w in converged.GRID_W]
+    assert converged.choose(grid) == (3.0, 15.0)
+    c = converged.convergence([50.0, 70.0, 80.0, 85.0, 88.0, 88.1, 88.3, 88.2, 88.25])
+    assert c["best"] == 88.3 and c["best_epoch"] == 7 and c["last_third_change"] == pytest.approx(0.15)
+    assert c["converged"] and not converged.convergence([50.0, 60.0, 70.0])["converged"]
+
+    def final(last):
+        return {"points": [{"values": {"seed": s}, "best_top1": v + 0.5, "last_top1": v, "curve": [v - 5, v, v]}
+                           for s, v in enumerate(last)]}
+
+    out = {"runs": {"teacher": {"curve": [80.0, 85.0, 90.0, 90.1]},
+                    "tune_kd": {"points": grid, "images_per_second": 100.0},
+                    "tune_kd_ls": {"points": grid, "images_per_second": 90.0},
+                    "final_kd": final([88.0, 89.0, 90.0]), "final_kd_ls": final([89.0, 89.0, 89.0]),
+                    "final_dkd": final([87.0, 87.0, 88.0]), "final_dkd_ls": final([86.0, 88.0, 87.0])},
+           "chosen": {"kd": (3.0, 15.0), "kd_ls": (2.0, 9.0)}, "seconds": {"teacher": 60.0}}
+    args = converged.argparse.Namespace(teacher="resnet20", train_split="train[:10000]", val_split="train[50000:]",
+                                        dkd_warmup=2)
+    text = converged.report(args, out)
+    assert "| KD | T 3, KD 15, CE 0.1 | 89.50 ± 1.00 | 89.00 ± 1.00 | 88.00, 89.00, 90.00 |" in text
+    assert "| KD+LS | base T 2, KD 9, CE 0.1 | 89.50 ± 0.00 | 89.00 ± 0.00 |" in text
+    assert "KD+LS - KD: +1.00, +0.00, -1.00 (mean +0.00)" in text
+    assert "DKD+LS - DKD: -1.00, +1.00, -1.00 (mean -0.33)" in text
+    assert "| 3 | 83.03 | 83.06 | 83.09 | 83.12 | 83.15 |" in text  # the tuning grid, T rows x weight columns
+    assert "| teacher | 4 | 90.10 (4) | 90.10 | +0.10 | yes |" in text
