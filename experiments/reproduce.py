@@ -8,8 +8,8 @@ zkd's best / last top-1 (mean ± std over seeds) next to the published numbers.
     python experiments/reproduce.py --rows table3 --teachers_dir torchvision_weights ...   # ImageNet
 
 Rows: comma-separated ``method:teacher:student`` (paper aliases such as R32x4, WRN-40-2, MN-V2 or zkd
-names; ``*`` matches any), or ``table1`` (same-family CIFAR pairs), ``table2`` (different
-families), ``table3`` (ImageNet), ``all``. Methods: kd, dkd, mlkd, ctkd, on every pair.
+names; ``*`` matches any), or ``table1`` (CIFAR pairs of different architectures, the paper's
+Table 1), ``table2`` (same-family CIFAR pairs, its Table 2), ``table3`` (ImageNet), ``all``. Methods: kd, dkd, mlkd, ctkd, on every pair.
 ``--ls``: 0 (baseline), 1 (+LS) or both. Each (row, LS, seed) uses the paper's recipe
 (``zkd.recipes.cifar_distillation`` / ``imagenet_distillation``: per-pair temperature, weight
 and DKD beta of the released logs) and runs in ``WORKDIR_ROOT/<dataset>/<method>[_ls]/<teacher>-<student>/seed<N>``.
@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 
 from zkd import paths, recipes  # noqa: E402
 
-TABLES = {"table1": recipes.CIFAR_PAIRS[:7], "table2": recipes.CIFAR_PAIRS[7:], "table3": recipes.IMAGENET_PAIRS}
+# The paper's numbering: Table 1 = different architectures, Table 2 = the same family (docs/paper.md).
+TABLES = {"table1": recipes.CIFAR_PAIRS[7:], "table2": recipes.CIFAR_PAIRS[:7], "table3": recipes.IMAGENET_PAIRS}
 # Numbers reported outside the paper's tables (docs/paper.md §6): (method, teacher, student, ls) -> (top-1, source).
 OTHER_REPORTED = {("kd", "ResNet34", "ResNet18", True): (71.23, "independent rerun")}
 

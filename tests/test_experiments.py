@@ -124,6 +124,9 @@ def test_row_selection_and_teacher_layouts(tmp_path):
     assert reproduce.setting(config) == "T 2, α 9, β 4.5, CE 1"
     assert len(reproduce.select_rows("*:resnet32x4:resnet8x4")) == 4
     assert len(reproduce.select_rows("table1")) == 7 * 4 and len(reproduce.select_rows("table2")) == 7 * 4
+    # the paper's numbering: Table 1 = different architectures, Table 2 = the same family
+    assert ("resnet32x4", "ShuffleV2") in {(r.teacher, r.student) for r in reproduce.select_rows("table1")}
+    assert ("resnet32x4", "resnet8x4") in {(r.teacher, r.student) for r in reproduce.select_rows("table2")}
     with pytest.raises(reproduce.RowError, match="not in the paper"):
         reproduce.select_rows("kd:resnet8:resnet8")
     os.makedirs(tmp_path / "resnet56_vanilla")
@@ -200,7 +203,7 @@ def test_reproduce_end_to_end_resumes_a_half_done_table(tmp_path, official_teach
     for workdir in (kd, kd_ls):
         assert [e["epoch"] for e in metrics_io.read_metrics(workdir, "eval")] == [1, 2]  # resumed, not redone
     summaries = {w: json.load(open(os.path.join(w, "summary.json"))) for w in (kd, kd_ls)}
-    lines = [line for line in table.splitlines() if line.startswith("| table1")]
+    lines = [line for line in table.splitlines() if line.startswith("| table2")]  # R32x4 -> R8x4: same family
     assert len(lines) == 2
     for line, workdir, paper in zip(lines, (kd, kd_ls), (73.33, 76.62)):
         s = summaries[workdir]

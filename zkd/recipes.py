@@ -25,7 +25,8 @@ ALIASES = {
 }
 SMALL_LR_STUDENTS = ("ShuffleV1", "ShuffleV2", "MobileNetV2")  # lr 0.01 instead of 0.05
 
-# CIFAR-100 pairs of Tables 1 (same family) and 2 (different families), in the paper's order.
+# CIFAR-100 pairs: same architecture family (paper Table 2), then different families (paper Table 1);
+# docs/paper.md §CIFAR-100.
 CIFAR_PAIRS = (
     ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("wrn_40_2", "wrn_40_1"), ("wrn_40_2", "wrn_16_2"),
     ("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet110", "resnet20"),
