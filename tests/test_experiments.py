@@ -300,7 +300,7 @@ converged = _load("fashion_mnist_converged")
 def test_converged_study_plan_tunes_on_validation_and_reports_on_test():
     args = converged.argparse.Namespace(workdir_root="/w", data_dir="/d", teacher="resnet20", student="resnet8",
                                         train_split="train[:10000]", val_split="train[50000:]", teacher_epochs=15,
-                                        student_epochs=12, dkd_warmup=2)
+                                        student_epochs=12, tune_epochs=4, dkd_warmup=2)
     runs = {name: (kind, c) for name, kind, c in converged.plan(args)}
     assert list(runs) == ["teacher", "tune_kd", "tune_kd_ls", "final_kd", "final_kd_ls", "final_dkd", "final_dkd_ls"]
     kind, teacher = runs["teacher"]
@@ -308,11 +308,11 @@ def test_converged_study_plan_tunes_on_validation_and_reports_on_test():
     for name, (kind, c) in runs.items():
         assert c.dataset == "tfds:fashion_mnist" and c.data.train_split == "train[:10000]"
         if name.startswith("tune_"):
-            assert c.data.test_split == "train[50000:]" and c.num_epochs == 12  # chosen on validation
+            assert c.data.test_split == "train[50000:]" and c.num_epochs == 4  # chosen on validation, shorter
             assert tuple(c.sweep.temperature) == (2.0, 3.0) and tuple(c.sweep.kd_weight) == (3.0, 6.0, 9.0, 12.0, 15.0)
             assert c.logit_stand == name.endswith("_ls") and c.teacher.checkpoint == "/w/teacher"
         elif name.startswith("final_"):
-            assert c.data.test_split == "test" and tuple(c.sweep.seed) == (0, 1, 2)
+            assert c.data.test_split == "test" and tuple(c.sweep.seed) == (0, 1, 2) and c.num_epochs == 12
     assert runs["final_dkd"][1].loss.dkd_warmup_epochs == 2.0 and runs["final_dkd_ls"][1].loss.dkd_alpha == 9.0
     # the train slice and the validation slice do not overlap
     assert int(args.train_split[len("train[:"):-1]) <= int(args.val_split[len("train["):-2])
@@ -337,7 +337,7 @@ def test_converged_study_choice_convergence_and_report():
                     "final_dkd": final([87.0, 87.0, 88.0]), "final_dkd_ls": final([86.0, 88.0, 87.0])},
            "chosen": {"kd": (3.0, 15.0), "kd_ls": (2.0, 9.0)}, "seconds": {"teacher": 60.0}}
     args = converged.argparse.Namespace(teacher="resnet20", train_split="train[:10000]", val_split="train[50000:]",
-                                        dkd_warmup=2)
+                                        dkd_warmup=2, tune_epochs=4)
     text = converged.report(args, out)
     assert "| KD | T 3, KD 15, CE 0.1 | 89.50 ± 1.00 | 89.00 ± 1.00 | 88.00, 89.00, 90.00 |" in text
     assert "| KD+LS | base T 2, KD 9, CE 0.1 | 89.50 ± 0.00 | 89.00 ± 0.00 |" in text
