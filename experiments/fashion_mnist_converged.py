@@ -160,8 +160,9 @@ def report(args, out) -> str:
     lines += ["## Tuning (validation top-1 on `" + args.val_split + f"`, best over {args.tune_epochs} epochs, seed 0)", ""]
     for key in ("kd", "kd_ls"):
         pts = runs[f"tune_{key}"]["points"]
-        lines += [f"**{LABELS[key]}** (chosen: T {chosen[key][0]:g}, KD weight {chosen[key][1]:g}; "
-                  f"{runs[f'tune_{key}']['images_per_second']:.0f} student-images/s)", "",
+        rate = runs[f"tune_{key}"]["images_per_second"]
+        lines += [f"**{LABELS[key]}** (chosen: T {chosen[key][0]:g}, KD weight {chosen[key][1]:g}; the sweep trained "
+                  f"{rate:.0f} batch images/s, {rate * len(pts):.0f} student-images/s)", "",
                   "| base T \\ KD weight | " + " | ".join(f"{w:g}" for w in GRID_W) + " |",
                   "|---|" + "---:|" * len(GRID_W)]
         for temp in GRID_T:
@@ -175,6 +176,9 @@ def report(args, out) -> str:
                 "dkd": f"T 4, α 1, β 8, CE 1, warm-up {args.dkd_warmup}", "dkd_ls": f"base T 2, α 9, β 72, CE 1, warm-up {args.dkd_warmup}"}
     finals = {}
     for key in ("kd", "kd_ls", "dkd", "dkd_ls"):
+        if f"final_{key}" not in runs:
+            lines.append(f"| {LABELS[key]} | {settings[key]} | not run yet | | |")
+            continue
         pts = sorted(runs[f"final_{key}"]["points"], key=lambda p: p["values"]["seed"])
         finals[key] = pts
         per_seed = ", ".join(f"{p['last_top1']:.2f}" for p in pts)
@@ -182,6 +186,8 @@ def report(args, out) -> str:
                      f"{mean_std([p['last_top1'] for p in pts])} | {per_seed} |")
     lines += ["", "Paired LS effect (same seed, same data order; last top-1, points):", ""]
     for base, ls in (("kd", "kd_ls"), ("dkd", "dkd_ls")):
+        if base not in finals or ls not in finals:
+            continue
         diffs = [b["last_top1"] - a["last_top1"] for a, b in zip(finals[base], finals[ls])]
         lines.append(f"- {LABELS[ls]} - {LABELS[base]}: {', '.join(f'{d:+.2f}' for d in diffs)} "
                      f"(mean {np.mean(diffs):+.2f})")
@@ -213,12 +219,19 @@ def main(argv=None):
     p.add_argument("--tune_epochs", type=int, default=4)
     p.add_argument("--dkd_warmup", type=int, default=2)
     p.add_argument("--plan", action="store_true")
+    p.add_argument("--report_only", action="store_true",
+                   help="rewrite --results from the runs finished so far (study.json); trains nothing")
     args = p.parse_args(argv)
     if args.plan:
         for name, kind, config in plan(args):
             axes = recipes.swept_axes(config)
             print(f"{name:14s} {kind:6s} {config.method:4s} ls={int(config.logit_stand)} epochs {config.num_epochs} "
                   f"test_split {config.data.test_split} {axes or ''}")
+        return
+    if args.report_only:
+        out = json.loads(paths.read_text(paths.join(args.workdir_root, "study.json")))
+        paths.write_text_atomic(args.results, report(args, out))
+        print(f"results (runs finished so far: {', '.join(out['runs'])}): {args.results}")
         return
     run_study(args)
 

@@ -345,3 +345,7 @@ def test_converged_study_choice_convergence_and_report():
     assert "DKD+LS - DKD: -1.00, +1.00, -1.00 (mean -0.33)" in text
     assert "| 3 | 83.03 | 83.06 | 83.09 | 83.12 | 83.15 |" in text  # the tuning grid, T rows x weight columns
     assert "| teacher | 4 | 90.10 (4) | 90.10 | +0.10 | yes |" in text
+    assert "the sweep trained 100 batch images/s, 1000 student-images/s" in text
+    del out["runs"]["final_dkd_ls"]  # --report_only while the last sweep still runs
+    text = converged.report(args, out)
+    assert "| DKD+LS | base T 2, α 9, β 72, CE 1, warm-up 2 | not run yet | | |" in text and "DKD+LS - DKD" not in text
