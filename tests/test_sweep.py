@@ -82,6 +82,37 @@ def test_bad_grids_are_named(method, axes, match):
         sweep.grid_points(sweep_config(method, **axes))
 
 
+def test_a_zip_sweep_reads_the_axes_side_by_side():
+    c = sweep_config(temperature=(4, 2), kd_weight=(0.9, 9), logit_stand=(0, 1), ce_weight=(0.1, 0.1))
+    c.sweep.mode = "zip"
+    points = sweep.grid_points(c)
+    assert [p.name for p in points] == ["T4_kd0.9_ce0.1_ls0", "T2_kd9_ce0.1_ls1"]
+    kd, ls = (p.config for p in points)
+    assert (kd.loss.temperature, kd.loss.kd_weight, kd.logit_stand) == (4.0, 0.9, False)
+    assert (ls.loss.temperature, ls.loss.kd_weight, ls.logit_stand) == (2.0, 9.0, True)
+    assert recipes.swept_axes(kd) == {} and kd.data_seed == ls.data_seed == c.seed
+    assert recipes.run_name(c).endswith("/temperature-kd_weight-ce_weight-logit_stand_zip")
+    c.sweep.mode = "product"
+    assert recipes.run_name(c).endswith("/temperature-kd_weight-ce_weight-logit_stand")
+    with pytest.raises(train.ConfigError, match="repeats a value"):  # ce_weight (0.1, 0.1) as a product
+        sweep.grid_points(c)
+
+
+@pytest.mark.parametrize("axes, match", [
+    ({"temperature": (4, 2), "kd_weight": (1, 2, 3)}, r"same length; got temperature: 2, kd_weight: 3"),
+    ({"temperature": (4, 4), "kd_weight": (1, 1)}, r"same student twice: \{'temperature': 4.0, 'kd_weight': 1.0\}"),
+    ({"temperature": (4, 0)}, "must be > 0"),
+])
+def test_bad_zip_sweeps_are_named(axes, match):
+    c = sweep_config(**axes)
+    c.sweep.mode = "zip"
+    with pytest.raises(train.ConfigError, match=match):
+        sweep.grid_points(c)
+    c.sweep.mode = "diagonal"
+    with pytest.raises(train.ConfigError, match="sweep.mode='diagonal'; valid: product, zip"):
+        sweep.grid_points(c)
+
+
 def test_a_single_run_refuses_a_sweep_config(tmp_path):
     with pytest.raises(train.ConfigError, match="zkd.sweep.train_sweep"):
         train.train_and_evaluate(sweep_config(temperature=(2, 3)), str(tmp_path / "run"))
@@ -246,6 +277,21 @@ def test_students_of_a_seed_sweep_equal_their_single_runs(tmp_path, teacher_dir)
     rows = [line for line in open(os.path.join(workdir, "sweep.md")) if line.startswith("| 1 ")]
     assert rows and rows[0].rstrip().endswith(f"| {best[0]['name']} |")
     assert result["students"] == 2
+
+
+def test_students_of_a_zip_sweep_equal_their_single_runs(tmp_path, teacher_dir):
+    """KD and KD+LS at their own settings (temperature, weight and LS all differ) in one compiled
+    step: each follows its own single run."""
+    c = sweep_config("kd", False, teacher_dir, temperature=(4, 2), kd_weight=(0.9, 9), logit_stand=(0, 1))
+    c.sweep.mode = "zip"
+    workdir = str(tmp_path / "sweep")
+    points = sweep.grid_points(c)
+    with mock_cifar100():
+        sweep.train_sweep(c, workdir)
+        for p in points:
+            train.train_and_evaluate(p.config, str(tmp_path / p.name))
+    for i, p in enumerate(points):
+        _assert_student_equals_single_run(os.path.join(workdir, "students", p.name), str(tmp_path / p.name), index=i)
 
 
 def test_a_resumed_sweep_ends_where_an_uninterrupted_one_does(tmp_path, teacher_dir):

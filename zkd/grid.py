@@ -1,9 +1,17 @@
 """A run's students: the grid points of ``config.sweep`` (or the one point of a single run).
 
-A sweep trains every point of the Cartesian product of its non-empty axes (temperature,
-kd_weight, ce_weight, dkd_alpha, dkd_beta, logit_stand, seed) in one run; each point is the
-single run whose config is ``point.config`` (the sweep's data order, ``data_seed``, is shared).
-A single run is the grid of one point, named "" (``single_point``). zkd.train trains both.
+A sweep trains several students in one run, from its non-empty axes (temperature, kd_weight,
+ce_weight, dkd_alpha, dkd_beta, logit_stand, seed) and ``config.sweep.mode``:
+
+- "product" (default): every point of the axes' Cartesian product (the authors' tuning grid,
+  e.g. temperature (2, 3) x kd_weight (3, 6, 9, 12, 15): 10 students);
+- "zip": the axes are read side by side, point i takes every axis's i-th value (all axes the
+  same length), e.g. KD against KD+LS at each one's own setting: temperature (4, 2),
+  kd_weight (0.9, 9), logit_stand (0, 1): 2 students.
+
+Each point is the single run whose config is ``point.config`` (the sweep's data order,
+``data_seed``, is shared). A single run is the grid of one point, named "" (``single_point``).
+zkd.train trains both.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ AXES_OF_METHOD = {
 LABELS = {"temperature": "T", "kd_weight": "kd", "ce_weight": "ce", "dkd_alpha": "alpha", "dkd_beta": "beta",
           "logit_stand": "ls", "seed": "seed"}
 LOSS_FIELDS = ("temperature", "kd_weight", "ce_weight", "dkd_alpha", "dkd_beta")
+MODES = ("product", "zip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,25 +81,46 @@ def fmt(value) -> str:
 
 
 def grid_points(config: ml_collections.ConfigDict) -> list[GridPoint]:
-    """The Cartesian product of the swept axes, in axis order (the last axis varies fastest).
+    """The students of ``config.sweep``: its axes' Cartesian product ("product", the last axis
+    varies fastest) or the axes read side by side ("zip"), in axis order.
 
-    Raises ConfigError for an axis the method ignores, a bad value, or a repeated value.
+    Raises ConfigError for an axis the method ignores, a bad value, a repeated value (product),
+    axes of different lengths or a repeated point (zip), or an unknown mode.
     """
     axes = recipes.swept_axes(config)
     if not axes:
         raise ConfigError("config.sweep has no non-empty axis: nothing to sweep (train a single run)")
+    mode = config.sweep.get("mode", "product")
+    if mode not in MODES:
+        raise ConfigError(f"config.sweep.mode={mode!r}; valid: {', '.join(MODES)} (product: every combination "
+                          "of the axes; zip: the axes side by side, one student per position)")
     allowed = AXES_OF_METHOD[config.method]
+    checked = {}
     for axis, values in axes.items():
         if axis not in allowed:
             raise ConfigError(
                 f"config.sweep.{axis} has no effect on method {config.method!r}; it sweeps {', '.join(allowed)}")
-        checked = [checked_value(axis, v) for v in values]
-        if len(set(checked)) != len(checked):
+        checked[axis] = [checked_value(axis, v) for v in values]
+        if mode == "product" and len(set(checked[axis])) != len(checked[axis]):
             raise ConfigError(f"config.sweep.{axis}={values!r} repeats a value")
+    if mode == "zip":
+        lengths = {axis: len(v) for axis, v in checked.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(
+                "config.sweep.mode='zip' reads the axes side by side, so they need the same length; got "
+                + ", ".join(f"{axis}: {n}" for axis, n in lengths.items())
+                + " (give every swept axis one value per student, or use mode='product')")
+        combos = list(zip(*checked.values()))
+        repeated = sorted({c for c in combos if combos.count(c) > 1})
+        if repeated:
+            raise ConfigError(f"config.sweep.mode='zip' gives the same student twice: "
+                              f"{dict(zip(checked, repeated[0]))}; every position must differ in some axis")
+    else:
+        combos = list(itertools.product(*checked.values()))
     seed_of_data = recipes.data_seed(config)
     points = []
-    for combo in itertools.product(*axes.values()):
-        values = {axis: checked_value(axis, v) for axis, v in zip(axes, combo)}
+    for combo in combos:
+        values = dict(zip(axes, combo))
         c = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
         for axis in axes:
             c.sweep[axis] = ()

@@ -206,10 +206,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_seed = -1                 # the data order and augmentation; -1: seed
     # A hyper-parameter grid trained in one run (zkd.sweep): every non-empty axis is swept, the
     # students share one data stream and one teacher forward per batch. E.g.
-    # --config.sweep.temperature="(2, 3)" --config.sweep.kd_weight="(3, 6, 9)" gives 6 students.
+    # --config.sweep.temperature="(2, 3)" --config.sweep.kd_weight="(3, 6, 9)" gives 6 students;
+    # with --config.sweep.mode=zip the axes are read side by side (zkd.grid):
+    # temperature="(4, 2)" kd_weight="(0.9, 9)" logit_stand="(0, 1)" gives KD and KD+LS.
     c.sweep = ml_collections.ConfigDict({
         "temperature": (), "kd_weight": (), "ce_weight": (), "dkd_alpha": (), "dkd_beta": (),
         "logit_stand": (), "seed": (),
+        "mode": "product",      # product (every combination of the axes) | zip (side by side)
         "vectorize": "unroll",  # how the students' updates are batched: unroll | vmap (zkd.sweep)
     })
     c.dtype = "float32"              # computation dtype: float32 | bfloat16
@@ -457,7 +460,8 @@ def run_name(c: ml_collections.ConfigDict) -> str:
     dataset = c.dataset.replace(":", "_").replace("/", "_")  # "tfds:name/config" stays one path component
     axes = swept_axes(c)
     if axes:
-        return f"{dataset}/sweep_{c.method}/{models}/{'-'.join(axes)}"
+        zipped = "_zip" if c.sweep.get("mode", "product") == "zip" else ""
+        return f"{dataset}/sweep_{c.method}/{models}/{'-'.join(axes)}{zipped}"
     return f"{dataset}/{method}/{models}/seed{c.seed}"
 
 

@@ -6,7 +6,9 @@ grid point, the teacher's forward pass included each time. Here a grid is one ru
     zkd --config=configs/cifar100.py:method=kd,teacher=resnet32x4,student=resnet8x4,ls=1 \\
         --config.sweep.temperature="(2, 3)" --config.sweep.kd_weight="(3, 6, 9, 12, 15)"
 
-Every non-empty axis of ``config.sweep`` is swept over its Cartesian product (zkd.grid). The
+Every non-empty axis of ``config.sweep`` is swept over its Cartesian product, or, with
+``config.sweep.mode = "zip"``, read side by side (student i takes each axis's i-th value: KD and
+KD+LS at their own settings, say; zkd.grid). The
 run is the trainer's one loop (``zkd.train.fit``) with one student per grid point: one compiled
 step runs the teacher once on the batch (or takes its logits from ``config.teacher.logit_cache``)
 and then every student's update, each with its own settings (``zkd.step.make_run_step``;
