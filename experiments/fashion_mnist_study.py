@@ -259,7 +259,7 @@ def teacher_target_probabilities(teacher_logits: np.ndarray, temperature_kd: flo
 
 def plot_curves(runs: list[dict], path: str) -> str:
     """Test top-1 per epoch (mean over seeds) for each main method; teacher as a line."""
-    plt = logit_stats._plt()
+    plt = logit_stats.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups: dict[str, list[dict]] = {}
     for run in runs:
@@ -280,7 +280,7 @@ def plot_curves(runs: list[dict], path: str) -> str:
 
 
 def plot_ablation(runs: list[dict], weights: list[float], path: str) -> str:
-    plt = logit_stats._plt()
+    plt = logit_stats.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for ls in (False, True):
         means, stds, xs = [], [], []
@@ -302,7 +302,7 @@ def plot_ablation(runs: list[dict], weights: list[float], path: str) -> str:
 
 def plot_logit_std(runs: list[dict], path: str) -> str:
     """Per-epoch mean per-sample logit std (training batches) of student and teacher, KD vs KD+LS (seed 0)."""
-    plt = logit_stats._plt()
+    plt = logit_stats.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     teacher_drawn = False
     for run in runs:

@@ -153,7 +153,8 @@ def analyse(logits: dict, labels: np.ndarray, num_classes: int, teacher: str = "
 # ----------------------------------------------------------------------------- figures
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +165,7 @@ def _plt():
 
 def save_figure(fig, path: str, title: str = "") -> str:
     """Title, lay out, write ``path`` (PNG; local or ``gs://``) and close ``fig``; returns ``path``."""
-    plt = _plt()
+    plt = pyplot()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -178,7 +179,7 @@ def save_figure(fig, path: str, title: str = "") -> str:
 
 def plot_distributions(logits: dict, path: str, title: str = "") -> str:
     """Fig. 5: histograms of the per-sample logit mean and std, raw and standardized."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for row, view in enumerate(("raw", "standardized")):
         by_model = {k: (np.asarray(losses.standardize(v)) if view == "standardized" else v) for k, v in logits.items()}
@@ -201,7 +202,7 @@ def plot_distributions(logits: dict, path: str, title: str = "") -> str:
 def plot_class_mean_diff(logits: dict, labels: np.ndarray, num_classes: int, path: str, teacher: str = "teacher",
                          title: str = "") -> str:
     """Fig. 3: heatmaps of teacher minus student class-mean logits (raw | standardized), one row per student."""
-    plt = _plt()
+    plt = pyplot()
     students = [k for k in logits if k != teacher]
     fig, axes = plt.subplots(len(students), 2, figsize=(10, 4.4 * len(students)), squeeze=False)
     for row, name in enumerate(students):

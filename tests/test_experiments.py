@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.train_fixtures import N_MOCK, mock_cifar100, mock_dataset, save_random_teacher, synthetic_split
-from zkd import data, metrics_io, models
+from zkd import data, metrics_io, models, sweep
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments")
 
@@ -302,18 +302,29 @@ def test_converged_study_plan_tunes_on_validation_and_reports_on_test():
                                         train_split="train[:10000]", val_split="train[50000:]", teacher_epochs=15,
                                         student_epochs=12, tune_epochs=4, dkd_warmup=2)
     runs = {name: (kind, c) for name, kind, c in converged.plan(args)}
-    assert list(runs) == ["teacher", "tune_kd", "tune_kd_ls", "final_kd", "final_kd_ls", "final_dkd", "final_dkd_ls"]
+    assert list(runs) == ["teacher", "tune_kd", "tune_kd_ls", "tune_dkd", "tune_dkd_ls", "final_kd", "final_kd_ls",
+                          "final_dkd", "final_dkd_ls", "default_dkd", "default_dkd_ls"]
     kind, teacher = runs["teacher"]
     assert kind == "single" and teacher.method == "ce" and teacher.num_epochs == 15
     for name, (kind, c) in runs.items():
         assert c.dataset == "tfds:fashion_mnist" and c.data.train_split == "train[:10000]"
         if name.startswith("tune_"):
             assert c.data.test_split == "train[50000:]" and c.num_epochs == 4  # chosen on validation, shorter
-            assert tuple(c.sweep.temperature) == (2.0, 3.0) and tuple(c.sweep.kd_weight) == (3.0, 6.0, 9.0, 12.0, 15.0)
             assert c.logit_stand == name.endswith("_ls") and c.teacher.checkpoint == "/w/teacher"
-        elif name.startswith("final_"):
+            # every method: the authors' grid, base temperature {2, 3} x weight {3, ..., 15}; 10 students
+            grid = {(p.config.loss.temperature, converged.weight_of(p.values)) for p in sweep.grid_points(c)}
+            assert grid == {(t, w) for t in (2.0, 3.0) for w in (3.0, 6.0, 9.0, 12.0, 15.0)}
+            if c.method == "dkd":  # the weight multiplies alpha and beta (DKD's 1 : 8)
+                assert all(p.config.loss.dkd_beta == 8 * p.config.loss.dkd_alpha for p in sweep.grid_points(c))
+        elif name != "teacher":
             assert c.data.test_split == "test" and tuple(c.sweep.seed) == (0, 1, 2) and c.num_epochs == 12
-    assert runs["final_dkd"][1].loss.dkd_warmup_epochs == 2.0 and runs["final_dkd_ls"][1].loss.dkd_alpha == 9.0
+    assert runs["final_dkd"][1].loss.dkd_warmup_epochs == 2.0 and runs["tune_dkd_ls"][1].loss.dkd_warmup_epochs == 2.0
+    ref, ref_ls = runs["default_dkd"][1].loss, runs["default_dkd_ls"][1].loss
+    assert (ref.temperature, ref.dkd_alpha, ref.dkd_beta) == (4.0, 1.0, 8.0) and not runs["default_dkd"][1].logit_stand
+    assert (ref_ls.temperature, ref_ls.dkd_alpha, ref_ls.dkd_beta) == (2.0, 9.0, 72.0)
+    c = runs["final_dkd_ls"][1]
+    converged.set_setting(c, "dkd_ls", 3.0, 6.0)
+    assert (c.loss.temperature, c.loss.dkd_alpha, c.loss.dkd_beta) == (3.0, 6.0, 48.0)
     # the train slice and the validation slice do not overlap
     assert int(args.train_split[len("train[:"):-1]) <= int(args.val_split[len("train["):-2])
 
@@ -330,22 +341,62 @@ def test_converged_study_choice_convergence_and_report():
         return {"points": [{"values": {"seed": s}, "best_top1": v + 0.5, "last_top1": v, "curve": [v - 5, v, v]}
                            for s, v in enumerate(last)]}
 
+    dkd_grid = [{"values": {"temperature": t, "dkd_alpha": w, "dkd_beta": 8 * w}, "best_top1": 70 + w,
+                 "last_top1": 0.0, "curve": []} for t in converged.GRID_T for w in converged.GRID_W]
+    assert converged.choose(dkd_grid) == (2.0, 15.0)
     out = {"runs": {"teacher": {"curve": [80.0, 85.0, 90.0, 90.1]},
                     "tune_kd": {"points": grid, "images_per_second": 100.0},
                     "tune_kd_ls": {"points": grid, "images_per_second": 90.0},
+                    "tune_dkd": {"points": dkd_grid, "images_per_second": 90.0},
+                    "tune_dkd_ls": {"points": dkd_grid, "images_per_second": 90.0},
                     "final_kd": final([88.0, 89.0, 90.0]), "final_kd_ls": final([89.0, 89.0, 89.0]),
-                    "final_dkd": final([87.0, 87.0, 88.0]), "final_dkd_ls": final([86.0, 88.0, 87.0])},
-           "chosen": {"kd": (3.0, 15.0), "kd_ls": (2.0, 9.0)}, "seconds": {"teacher": 60.0}}
+                    "final_dkd": final([87.0, 87.0, 88.0]), "final_dkd_ls": final([86.0, 88.0, 87.0]),
+                    "default_dkd": final([80.0, 80.0, 80.0]), "default_dkd_ls": final([70.0, 80.0, 90.0])},
+           "chosen": {"kd": (3.0, 15.0), "kd_ls": (2.0, 9.0), "dkd": (2.0, 15.0), "dkd_ls": (3.0, 3.0)},
+           "seconds": {"teacher": 60.0}}
     args = converged.argparse.Namespace(teacher="resnet20", train_split="train[:10000]", val_split="train[50000:]",
                                         dkd_warmup=2, tune_epochs=4)
     text = converged.report(args, out)
     assert "| KD | T 3, KD 15, CE 0.1 | 89.50 ± 1.00 | 89.00 ± 1.00 | 88.00, 89.00, 90.00 |" in text
     assert "| KD+LS | base T 2, KD 9, CE 0.1 | 89.50 ± 0.00 | 89.00 ± 0.00 |" in text
-    assert "KD+LS - KD: +1.00, +0.00, -1.00 (mean +0.00)" in text
-    assert "DKD+LS - DKD: -1.00, +1.00, -1.00 (mean -0.33)" in text
+    assert "| DKD | T 2, α 15, β 120, CE 1, warm-up 2 | 87.83 ± 0.58 |" in text
+    assert "| DKD+LS, untuned | base T 2, α 9, β 72, CE 1, warm-up 2 | 80.50 ± 10.00 | 80.00 ± 10.00 |" in text
+    assert "KD+LS - KD, each at its tuned setting: +1.00, +0.00, -1.00 (mean +0.00)" in text
+    assert "DKD+LS - DKD, each at its tuned setting: -1.00, +1.00, -1.00 (mean -0.33)" in text
+    assert "DKD+LS - DKD, both untuned: -10.00, +0.00, +10.00 (mean +0.00)" in text
     assert "| 3 | 83.03 | 83.06 | 83.09 | 83.12 | 83.15 |" in text  # the tuning grid, T rows x weight columns
+    assert "| 3 | 73.00 | 76.00 | 79.00 | 82.00 | 85.00 |" in text and "| DKD+LS untuned seed 2 | 3 |" in text
     assert "| teacher | 4 | 90.10 (4) | 90.10 | +0.10 | yes |" in text
     assert "the sweep trained 100 batch images/s, 1000 student-images/s" in text
-    del out["runs"]["final_dkd_ls"]  # --report_only while the last sweep still runs
+    del out["runs"]["final_dkd_ls"], out["runs"]["default_dkd_ls"], out["runs"]["tune_dkd_ls"]  # --report_only, early
+    del out["chosen"]["dkd_ls"]
     text = converged.report(args, out)
-    assert "| DKD+LS | base T 2, α 9, β 72, CE 1, warm-up 2 | not run yet | | |" in text and "DKD+LS - DKD" not in text
+    assert "| DKD+LS | (chosen by tuning) | not run yet | | |" in text and "DKD+LS - DKD" not in text
+    assert "**DKD+LS**: not tuned yet" in text
+
+
+def test_converged_study_results_file_has_figures_and_keeps_the_analysis(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is in the test extra")
+    grid = [{"values": {"temperature": t, "kd_weight": w}, "best_top1": 80 + t + w / 100, "last_top1": 0.0, "curve": []}
+            for t in converged.GRID_T for w in converged.GRID_W]
+    final = {"points": [{"values": {"seed": s}, "best_top1": 88.0, "last_top1": 88.0, "curve": [80.0, 85.0 + s, 88.0]}
+                        for s in range(3)]}
+    out = {"runs": {"teacher": {"curve": [80.0, 90.0]}, "tune_kd": {"points": grid, "images_per_second": 1.0},
+                    "tune_kd_ls": {"points": grid, "images_per_second": 1.0}, "final_kd": final},
+           "chosen": {"kd": (3.0, 15.0), "kd_ls": (2.0, 9.0)}, "seconds": {"teacher": 1.0}}
+    results = tmp_path / "results.md"
+    args = converged.argparse.Namespace(teacher="resnet20", train_split="train[:10000]", val_split="train[50000:]",
+                                        dkd_warmup=2, tune_epochs=4, results=str(results),
+                                        figures_dir=str(tmp_path / "figs"))
+    converged.write_results(args, out)
+    text = results.read_text()
+    assert "![tuning](figs/tuning.png)" in text and "![test top-1 per epoch](figs/curves.png)" in text
+    for name in ("tuning.png", "curves.png"):
+        assert (tmp_path / "figs" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert text.endswith(converged.ANALYSIS_PLACEHOLDER)
+    results.write_text(text.replace(converged.ANALYSIS_PLACEHOLDER, "## Analysis\n\nLS lost here.\n"))
+    out["runs"]["final_kd_ls"] = final  # a rerun with more results: tables rewritten, the analysis kept
+    converged.write_results(args, out)
+    text = results.read_text()
+    assert "| KD+LS | base T 2, KD 9, CE 0.1 | 88.00 ± 0.00 |" in text
+    assert text.endswith("## Analysis\n\nLS lost here.\n") and text.count("## Analysis") == 1
