@@ -9,7 +9,9 @@ students for 4 short epochs: too short to say whether LS helps once students con
 trains a teacher and its students until their accuracy stops improving, tunes every method the way
 the paper's authors advise for a new pair, and runs 3 seeds of every method. To fit a 2-core CPU,
 it trains on a 10,000-image slice of the training set and uses zkd's sweeps: all students of one
-sweep share one data stream and one teacher forward per batch.
+sweep share one data stream and one teacher forward per batch. The teacher-logit cache does not
+pay here: with the crop-and-flip augmentation it holds every image's 162 views (81 crop offsets x
+2 flips), 162 teacher forwards per image against the 12 per image that 12 epochs of sweeps need.
 
 - Data: Fashion-MNIST read as the TFDS dataset ``tfds:fashion_mnist`` (docs/data.md: slices,
   normalization computed over the training slice, crop-and-flip augmentation of in-memory sets),
