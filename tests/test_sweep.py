@@ -320,9 +320,17 @@ def test_a_diverging_student_stops_the_sweep_naming_it(tmp_path, teacher_dir):
     assert checkpoint.TrainingCheckpoints(workdir).latest_step() is None
 
 
-def test_the_zkd_command_trains_a_grid_given_on_the_command_line():
-    """`--config.sweep.<axis>="(a, b)"` reaches zkd.sweep through the real entry point (train_sweep
-    replaced by a probe in the child process)."""
+@pytest.mark.parametrize("flags, expected", [
+    (["--config=configs/cifar100.py:method=dkd", "--config.sweep.temperature=(2, 3)", "--config.sweep.dkd_beta=(4, 8)"],
+     "GRID ['T2_beta4', 'T2_beta8', 'T3_beta4', 'T3_beta8'] workdirs/cifar100/sweep_dkd/"),
+    (["--config=configs/cifar100.py:method=kd", "--config.sweep.mode=zip", "--config.sweep.temperature=(4, 2)",
+      "--config.sweep.kd_weight=(0.9, 9)", "--config.sweep.logit_stand=(0, 1)"],
+     "GRID ['T4_kd0.9_ls0', 'T2_kd9_ls1'] workdirs/cifar100/sweep_kd/resnet32x4-resnet8x4/"
+     "temperature-kd_weight-logit_stand_zip"),
+])
+def test_the_zkd_command_trains_a_grid_given_on_the_command_line(flags, expected):
+    """`--config.sweep.<axis>="(a, b)"` (and `--config.sweep.mode=zip`) reach zkd.sweep through the
+    real entry point (train_sweep replaced by a probe in the child process)."""
     import subprocess
     import sys
 
@@ -333,11 +341,10 @@ def test_the_zkd_command_trains_a_grid_given_on_the_command_line():
         "    print('GRID', [p.name for p in sweep.grid_points(config)], workdir)\n"
         "    raise SystemExit(0)\n"
         "sweep.train_sweep = probe\n"
-        "sys.argv = ['zkd', '--config=configs/cifar100.py:method=dkd', '--config.sweep.temperature=(2, 3)',\n"
-        "            '--config.sweep.dkd_beta=(4, 8)']\n"
+        f"sys.argv = ['zkd', *{flags!r}]\n"
         "main.run()\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "GRID ['T2_beta4', 'T2_beta8', 'T3_beta4', 'T3_beta8'] workdirs/cifar100/sweep_dkd/" in out.stdout
+    assert expected in out.stdout
