@@ -64,10 +64,19 @@ import numpy as np  # noqa: E402
 from zkd import metrics_io, paths, quickstart, recipes, sweep, train  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# experiments/logit_stats.py (figures: matplotlib on Agg, PNGs written through zkd.paths), loaded by path.
-_spec = importlib.util.spec_from_file_location("zkd_experiments_logit_stats", os.path.join(HERE, "logit_stats.py"))
-logit_stats = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(logit_stats)
+
+
+def _sibling(name: str):
+    """experiments/<name>.py as a module, loaded by its path (experiments/ is a folder of scripts)."""
+    spec = importlib.util.spec_from_file_location(f"zkd_experiments_{name}", os.path.join(HERE, f"{name}.py"))
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+logit_stats = _sibling("logit_stats")      # figures: matplotlib on Agg, PNGs written through zkd.paths
+results_file = _sibling("results_file")    # the kept hand-written analysis, figure links
+
 GRID_T = (2.0, 3.0)
 GRID_W = (3.0, 6.0, 9.0, 12.0, 15.0)
 SEEDS = (0, 1, 2)
@@ -200,11 +209,7 @@ ANALYSIS_PLACEHOLDER = ANALYSIS_HEADING + "\n\n_To be written by hand from the n
 def kept_analysis(results_path: str) -> str:
     """The hand-written analysis (from its heading to the end) of an existing results file, kept
     when the generated part is rewritten; a placeholder when there is none."""
-    if not paths.exists(results_path):
-        return ANALYSIS_PLACEHOLDER
-    text = paths.read_text(results_path)
-    at = text.find("\n" + ANALYSIS_HEADING)
-    return text[at + 1:] if at >= 0 else ANALYSIS_PLACEHOLDER
+    return results_file.kept_section(results_path, ANALYSIS_HEADING) or ANALYSIS_PLACEHOLDER
 
 
 def plot_curves(out: dict, path: str) -> str:
@@ -259,8 +264,7 @@ def write_results(args, out: dict) -> None:
         figures.append(("tuning", plot_tuning(out, paths.join(args.figures_dir, "tuning.png"), args.tune_epochs)))
     if any(name.startswith("final_") for name in out["runs"]):
         figures.append(("test top-1 per epoch", plot_curves(out, paths.join(args.figures_dir, "curves.png"))))
-    rel = os.path.relpath if "://" not in args.results else (lambda p, _: p)
-    lines = ["## Figures", ""] + [f"![{title}]({rel(path, os.path.dirname(args.results))})" for title, path in figures]
+    lines = ["## Figures", ""] + [f"![{title}]({results_file.link(path, args.results)})" for title, path in figures]
     text = report(args, out) + "\n" + "\n".join(lines) + "\n\n" + kept_analysis(args.results)
     paths.write_text_atomic(args.results, text)
 
@@ -310,32 +314,33 @@ def report(args, out) -> str:
         lines.append("")
     lines += ["## Final: test top-1 over seeds 0, 1, 2 (mean ± sample std)", "",
               "| method | setting | best top-1 | last top-1 | per seed (last) |", "|---|---|---:|---:|---|"]
-    finals = {}
-    rows_of = [(f"final_{k}", k, LABELS[k], chosen.get(k)) for k in LABELS] + [
-        (f"default_{k}", f"default_{k}", f"{LABELS[k]}, untuned",
+    # (run, method, label in the final table, label in the convergence table, setting)
+    rows_of = [(f"final_{k}", k, LABELS[k], LABELS[k], chosen.get(k)) for k in LABELS] + [
+        (f"default_{k}", k, f"{LABELS[k]}, untuned", f"{LABELS[k]} untuned",
          (DEFAULTS[k]["temperature"], DEFAULTS[k]["dkd_alpha"])) for k in DEFAULTS]
-    for name, key, label, setting in rows_of:
-        text = (setting_text(key.replace("default_", ""), *setting, args.dkd_warmup) if setting else "(chosen by tuning)")
+    finals, curve_label = {}, {}
+    for name, key, label, short, setting in rows_of:
+        text = setting_text(key, *setting, args.dkd_warmup) if setting else "(chosen by tuning)"
         if name not in runs:
             lines.append(f"| {label} | {text} | not run yet | | |")
             continue
         pts = sorted(runs[name]["points"], key=lambda p: p["values"]["seed"])
-        finals[key] = pts
+        finals[name], curve_label[name] = pts, short
         per_seed = ", ".join(f"{p['last_top1']:.2f}" for p in pts)
         lines.append(f"| {label} | {text} | {mean_std([p['best_top1'] for p in pts])} | "
                      f"{mean_std([p['last_top1'] for p in pts])} | {per_seed} |")
     lines += ["", "Paired LS effect (same seed, same data order; last top-1, points):", ""]
-    for base, ls in (("kd", "kd_ls"), ("dkd", "dkd_ls"), ("default_dkd", "default_dkd_ls")):
-        if base not in finals or ls not in finals:
+    for prefix, base, note in (("final", "kd", "each at its tuned setting"), ("final", "dkd", "each at its tuned setting"),
+                               ("default", "dkd", "both untuned")):
+        a, b = finals.get(f"{prefix}_{base}"), finals.get(f"{prefix}_{base}_ls")
+        if a is None or b is None:
             continue
-        diffs = [b["last_top1"] - a["last_top1"] for a, b in zip(finals[base], finals[ls])]
-        note = ", both untuned" if base.startswith("default_") else ", each at its tuned setting"
-        lines.append(f"- {LABELS[ls.replace('default_', '')]} - {LABELS[base.replace('default_', '')]}{note}: "
+        diffs = [y["last_top1"] - x["last_top1"] for x, y in zip(a, b)]
+        lines.append(f"- {LABELS[base + '_ls']} - {LABELS[base]}, {note}: "
                      f"{', '.join(f'{d:+.2f}' for d in diffs)} (mean {np.mean(diffs):+.2f})")
     lines += ["", "## Convergence (top-1 after each epoch)", "",
               "| run | epochs | best (epoch) | last | change over the last third | converged (±0.3) |", "|---|---:|---|---:|---:|---|"]
-    names = {k: (f"{LABELS[k[len('default_'):]]} untuned" if k.startswith("default_") else LABELS[k]) for k in finals}
-    rows = [("teacher", t["curve"])] + [(f"{names[k]} seed {p['values']['seed']}", p["curve"])
+    rows = [("teacher", t["curve"])] + [(f"{curve_label[k]} seed {p['values']['seed']}", p["curve"])
                                         for k in finals for p in finals[k]]
     for name, curve in rows:
         c = convergence(curve)

@@ -69,6 +69,7 @@ def _sibling(name: str):
 
 logit_stats = _sibling("logit_stats")
 reproduce = _sibling("reproduce")
+results_file = _sibling("results_file")
 
 METHOD_LABELS = {"kd": "KD", "kd_ls": "KD+LS", "dkd": "DKD", "dkd_ls": "DKD+LS", "mlkd": "MLKD",
                  "mlkd_ls": "MLKD+LS", "ctkd": "CTKD", "ctkd_ls": "CTKD+LS"}
@@ -326,25 +327,14 @@ ANALYSIS_PLACEHOLDER = "_To be written from the numbers above once the full stud
 
 def _kept_analysis(results_path: str) -> str:
     """The hand-written analysis of an existing results file (kept when the tables are rewritten)."""
-    if not paths.exists(results_path):
-        return ANALYSIS_PLACEHOLDER
-    text = paths.read_text(results_path)
-    head, sep, analysis = text.partition("\n## Analysis\n")
-    return analysis.strip() if sep and analysis.strip() else ANALYSIS_PLACEHOLDER
-
-
-def _link(target: str, results: str) -> str:
-    """``target`` as the results file links it: relative to its folder, or whole where there is no
-    relative path (one local and one in a bucket, or two buckets)."""
-    try:
-        return paths.relpath(target, os.path.dirname(paths.absolute(results)))
-    except ValueError:
-        return paths.absolute(target)
+    section = results_file.kept_section(results_path)
+    analysis = section.partition("\n")[2].strip() if section else ""
+    return analysis or ANALYSIS_PLACEHOLDER
 
 
 def write_results(runs: list[dict], args, command: str, stats: dict | None) -> str:
     paths.makedirs(args.figures_dir)
-    rel = lambda p: _link(p, args.results)  # noqa: E731
+    rel = lambda p: results_file.link(p, args.results)  # noqa: E731
     teacher_run = runs[0]
     t = read_summary(teacher_run["workdir"])
     c0 = teacher_run["config"]
