@@ -13,6 +13,10 @@ XLA's own CPU defaults (``[xla]``, what zkd did before zkd.xla_options) and with
 excluded), timed in interleaved rounds (one step of each contestant per round), the ratio of
 zkd's default to PyTorch, and a projection of a 240-epoch CIFAR-100 run (50,000 images per
 epoch) from zkd's figure. ``--profile`` adds each zkd step's time by XLA operation kind.
+``--components`` also times the step's two parts alone, in the same interleaved rounds: the
+teacher's forward pass (eval mode) and the student's training step on cross-entropy alone
+(forward, backward, SGD update), zkd's compiled as zkd compiles them, PyTorch's as above; it says
+which part of the step the gap to PyTorch sits in (with --profile, each part's profile too).
 Results and findings: experiments/results/bench_train_step.md, docs/performance.md.
 """
 
@@ -35,11 +39,20 @@ def zkd_step(teacher, student, batch, warmup, dtype, preset):
     """A closure running one compiled zkd step (blocking), built with ``ZKD_XLA_CPU_OPTIONS=preset``."""
     os.environ[xla_options.ENV] = preset
     config = recipes.cifar_distillation("kd", teacher, student, True)
-    config.dtype, config.batch_size, config.num_devices = dtype, batch, 1
     info = data.get_info(config.dataset)
     t_model = models.build(teacher, info.num_classes, dtype=engine.DTYPES[dtype])
     t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
-    run = engine.build(config, teacher=(t_model, t_vars), info=info)
+    step = compiled_step(config, info, batch, dtype, teacher=(t_model, t_vars))
+    for _ in range(warmup):
+        step()
+    return step
+
+
+def compiled_step(config, info, batch, dtype, teacher=None):
+    """A blocking closure running ``config``'s compiled train step (``zkd.engine.build``, one
+    device) on one synthetic batch of ``batch`` images, the state carried from call to call."""
+    config.dtype, config.batch_size, config.num_devices = dtype, batch, 1
+    run = engine.build(config, teacher=teacher, info=info)
     rng = np.random.default_rng(0)
     batch_data = parallel.global_batch({
         "image": rng.standard_normal((batch, *info.image_shape)).astype(np.float32),
@@ -51,9 +64,57 @@ def zkd_step(teacher, student, batch, warmup, dtype, preset):
         state[0], metrics = run.train_step(state[0], batch_data)
         jax.block_until_ready(metrics)
 
-    for _ in range(warmup):
-        step()
     return step
+
+
+def zkd_parts(teacher, student, batch, warmup, dtype, preset):
+    """``{"teacher forward": fn, "student step": fn}``: zkd's teacher forward pass (eval mode,
+    jitted with zkd's compiler options) and the compiled train step of the student trained on
+    cross-entropy alone (``recipes.cifar_teacher(student)``), each a blocking closure."""
+    os.environ[xla_options.ENV] = preset
+    info = data.get_info("cifar100")
+    t_model = models.build(teacher, info.num_classes, dtype=engine.DTYPES[dtype])
+    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
+    forward = jax.jit(lambda v, x: t_model.apply(v, x, train=False), compiler_options=xla_options.compiler_options())
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *info.image_shape)), jnp.float32)
+
+    def teacher_forward():
+        jax.block_until_ready(forward(t_vars, x))
+
+    parts = {"teacher forward": teacher_forward,
+             "student step": compiled_step(recipes.cifar_teacher(student), info, batch, dtype)}
+    for _ in range(warmup):
+        for part in parts.values():
+            part()
+    return parts
+
+
+def torch_parts(teacher, student, batch, warmup):
+    """PyTorch's counterparts of ``zkd_parts``: the teacher under ``no_grad`` in eval mode, the
+    student's cross-entropy SGD step."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    t_model, s_model = build_torch(teacher).eval(), build_torch(student).train()
+    opt = torch.optim.SGD(s_model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 100, (batch,))
+
+    def teacher_forward():
+        with torch.no_grad():
+            t_model(x)
+
+    def student_step():
+        loss = F.cross_entropy(s_model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        teacher_forward()
+        student_step()
+    return {"teacher forward": teacher_forward, "student step": student_step}
 
 
 def profile(step, steps: int = 3, top: int = 12) -> str:
@@ -89,17 +150,19 @@ def torch_reference(name):
     return module
 
 
+def build_torch(name):
+    """The PyTorch reference model ``name`` (100 classes)."""
+    if name.startswith("wrn"):
+        return torch_reference("wrn").wrn(name, 100)
+    return torch_reference("resnets").cifar_resnet(name, 100)
+
+
 def torch_step(teacher, student, batch, warmup):
     """A closure running one PyTorch step of the same computation."""
     import torch
 
-    def build(name):
-        if name.startswith("wrn"):
-            return torch_reference("wrn").wrn(name, 100)
-        return torch_reference("resnets").cifar_resnet(name, 100)
-
     torch.manual_seed(0)
-    t_model, s_model = build(teacher).eval(), build(student).train()
+    t_model, s_model = build_torch(teacher).eval(), build_torch(student).train()
     opt = torch.optim.SGD(s_model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 100, (batch,))
@@ -126,6 +189,22 @@ def interleaved_images_per_second(steps: dict, batch: int, iters: int) -> dict:
     return {name: batch / float(np.median(t)) for name, t in times.items()}
 
 
+def parts_table(ips: dict, contestants: list, batch: int) -> str:
+    """The --components table: ms per call of each part alone and of the whole step, per
+    contestant, and PyTorch's time over zkd's default (> 1: zkd is faster)."""
+    ms = {key: 1000 * batch / value for key, value in ips.items()}
+    ours = [c for c in contestants if c != "torch"][-1]
+    names = [c if c == "torch" else f"zkd[{c}]" for c in contestants]
+    lines = [f"  {'part (ms per call, same rounds)':34s}" + "".join(f"{n:>10s}" for n in names)
+             + ("  torch/zkd" if "torch" in contestants else "")]
+    for label, part in (("teacher forward", "teacher forward"), ("student step (CE)", "student step"),
+                        ("distillation step", None)):
+        row = {c: ms[c if part is None else (c, part)] for c in contestants}
+        ratio = f"{row['torch'] / row[ours]:11.2f}" if "torch" in row else ""
+        lines.append(f"  {label:34s}" + "".join(f"{row[c]:10.0f}" for c in contestants) + ratio)
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", default="resnet32x4:resnet8x4,resnet56:resnet20")
@@ -137,6 +216,8 @@ def main():
                         help="zkd.xla_options presets to time side by side (CPU only; one on accelerators)")
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--profile", action="store_true", help="also print each zkd step's time by XLA operation")
+    parser.add_argument("--components", action="store_true",
+                        help="also time the step's parts alone: teacher forward, student step on CE")
     args = parser.parse_args()
     device = jax.devices()[0]
     presets = args.presets.split(",") if device.platform == "cpu" else ["zkd"]
@@ -153,15 +234,26 @@ def main():
             steps = {p: zkd_step(teacher, student, batch, args.warmup, args.dtype, p) for p in presets}
             if not args.no_torch:
                 steps["torch"] = torch_step(teacher, student, batch, args.warmup)
+            contestants = list(steps)
+            if args.components:
+                for name in contestants:
+                    parts = (torch_parts(teacher, student, batch, args.warmup) if name == "torch" else
+                             zkd_parts(teacher, student, batch, args.warmup, args.dtype, name))
+                    steps.update({(name, part): fn for part, fn in parts.items()})
             ips = interleaved_images_per_second(steps, batch, args.iters)
             ours, theirs = ips[presets[-1]], ips.get("torch", float("nan"))
             hours = 240 * 50_000 / ours / 3600
             print(f"{teacher + ' -> ' + student:26s} {batch:5d} " + " ".join(f"{ips[p]:16.0f}" for p in presets)
                   + f" {theirs:12.0f} {ours / theirs:9.2f} {hours:26.1f}", flush=True)
+            if args.components:
+                print(parts_table(ips, contestants, batch), flush=True)
             if args.profile:
                 for p in presets:
                     print(f"  profile of zkd[{p}], {teacher} -> {student}, batch {batch}:")
                     print(profile(steps[p]), flush=True)
+                    for part in ("teacher forward", "student step") if args.components else ():
+                        print(f"  profile of zkd[{p}], {part} alone:")
+                        print(profile(steps[(p, part)]), flush=True)
 
 
 if __name__ == "__main__":

@@ -400,3 +400,25 @@ def test_converged_study_results_file_has_figures_and_keeps_the_analysis(tmp_pat
     text = results.read_text()
     assert "| KD+LS | base T 2, KD 9, CE 0.1 | 88.00 ± 0.00 |" in text
     assert text.endswith("## Analysis\n\nLS lost here.\n") and text.count("## Analysis") == 1
+
+
+# ----------------------------------------------------------------------------- step benchmark
+
+
+def test_bench_parts_table_reports_ms_and_pytorch_over_zkd():
+    """--components: img/s of the parts become ms per call, and the ratio is PyTorch's time over
+    zkd's default (the last zkd preset), > 1 where zkd is faster."""
+    bench = _load("bench_train_step")
+    batch = 64
+    ms = {"xla": 2000.0, ("xla", "teacher forward"): 1500.0, ("xla", "student step"): 900.0,
+          "zkd": 1000.0, ("zkd", "teacher forward"): 800.0, ("zkd", "student step"): 400.0,
+          "torch": 1250.0, ("torch", "teacher forward"): 600.0, ("torch", "student step"): 600.0}
+    ips = {key: 1000.0 * batch / value for key, value in ms.items()}
+    lines = bench.parts_table(ips, ["xla", "zkd", "torch"], batch).splitlines()
+    assert lines[0].split()[-4:] == ["zkd[xla]", "zkd[zkd]", "torch", "torch/zkd"]
+    rows = {line[:36].strip(): line[36:].split() for line in lines[1:]}
+    assert rows["teacher forward"] == ["1500", "800", "600", "0.75"]
+    assert rows["student step (CE)"] == ["900", "400", "600", "1.50"]
+    assert rows["distillation step"] == ["2000", "1000", "1250", "1.25"]
+    no_torch = bench.parts_table({k: v for k, v in ips.items() if "torch" not in k}, ["xla", "zkd"], batch)
+    assert "torch" not in no_torch and no_torch.splitlines()[1].split()[-2:] == ["1500", "800"]
