@@ -17,6 +17,9 @@ epoch) from zkd's figure. ``--profile`` adds each zkd step's time by XLA operati
 teacher's forward pass (eval mode) and the student's training step on cross-entropy alone
 (forward, backward, SGD update), zkd's compiled as zkd compiles them, PyTorch's as above; it says
 which part of the step the gap to PyTorch sits in (with --profile, each part's profile too).
+Against the hardware: each step's FLOP/s (XLA's count of zkd's compiled step, per image, times the
+img/s; PyTorch's step does the same computation) as a share of what one large matrix product
+attains on the device, and of ``--peak_tflops`` when given (the data sheet's peak for --dtype).
 Results and findings: experiments/results/bench_train_step.md, docs/performance.md.
 """
 
@@ -64,7 +67,45 @@ def compiled_step(config, info, batch, dtype, teacher=None):
         state[0], metrics = run.train_step(state[0], batch_data)
         jax.block_until_ready(metrics)
 
+    step.flops = flops(run.train_step.lower(run.state, batch_data))
     return step
+
+
+def flops(lowered) -> float:
+    """XLA's count of a lowered program's floating-point operations (a multiply-add is 2; a
+    convolution's taps on zero padding are not counted)."""
+    cost = lowered.cost_analysis()
+    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def matmul_rate(dtype: str, n: int, calls: int = 5) -> float:
+    """FLOP/s of one n x n x n matrix product in ``dtype`` compiled by XLA with zkd's options, the
+    best of ``calls``: what this device attains on the most favourable dense kernel, the yardstick
+    the step's FLOP/s are set against."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), engine.DTYPES[dtype])
+    product = jax.jit(lambda x, y: x @ y, compiler_options=xla_options.compiler_options())
+    jax.block_until_ready(product(a, a))
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(product(a, a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def rate_line(gflop_per_image: float, ips: dict, contestants: list, matmul: float, matmul_label: str,
+              peak_tflops: float = 0.0) -> str:
+    """The step's FLOP/s per contestant, as a fraction of the matrix product's rate (and of a
+    given peak); the same FLOP count serves PyTorch's step (same models, same computation)."""
+    names = [c if c == "torch" else f"zkd[{c}]" for c in contestants]
+    rates = [gflop_per_image * ips[c] for c in contestants]
+    line = (f"  XLA counts {gflop_per_image:.3f} GFLOP per image: " + ", ".join(
+        f"{n} {r:,.0f} GFLOP/s" for n, r in zip(names, rates)) + " = " + " / ".join(
+        f"{100 * r / (matmul / 1e9):.0f}%" for r in rates) + f" of {matmul_label} ({matmul / 1e9:,.0f} GFLOP/s)")
+    if peak_tflops > 0:
+        line += "; " + " / ".join(f"{100 * r / (1e3 * peak_tflops):.1f}%" for r in rates) + \
+            f" of the {peak_tflops:g} TFLOP/s peak given"
+    return line
 
 
 def zkd_parts(teacher, student, batch, warmup, dtype, preset):
@@ -218,8 +259,14 @@ def main():
     parser.add_argument("--profile", action="store_true", help="also print each zkd step's time by XLA operation")
     parser.add_argument("--components", action="store_true",
                         help="also time the step's parts alone: teacher forward, student step on CE")
+    parser.add_argument("--matmul_size", type=int, default=0,
+                        help="n of the n^3 matrix product the step's FLOP/s are set against (0: 2048 on CPU, 8192 else)")
+    parser.add_argument("--peak_tflops", type=float, default=0.0,
+                        help="the device's peak TFLOP/s in --dtype (its data sheet's), to report the step's share of it")
     args = parser.parse_args()
     device = jax.devices()[0]
+    n = args.matmul_size or (2048 if device.platform == "cpu" else 8192)
+    matmul, matmul_label = matmul_rate(args.dtype, n), f"a {n}^3 {args.dtype} matrix product on this device"
     presets = args.presets.split(",") if device.platform == "cpu" else ["zkd"]
     print(f"zkd on {jax.default_backend()} ({device.device_kind}, {jax.device_count()} device(s)), dtype {args.dtype}, "
           f"jax {jax.__version__}; PyTorch eager float32 on CPU with {os.cpu_count()} cores, "
@@ -245,6 +292,8 @@ def main():
             hours = 240 * 50_000 / ours / 3600
             print(f"{teacher + ' -> ' + student:26s} {batch:5d} " + " ".join(f"{ips[p]:16.0f}" for p in presets)
                   + f" {theirs:12.0f} {ours / theirs:9.2f} {hours:26.1f}", flush=True)
+            print(rate_line(steps[presets[-1]].flops / batch / 1e9, ips, contestants, matmul, matmul_label,
+                            args.peak_tflops), flush=True)
             if args.components:
                 print(parts_table(ips, contestants, batch), flush=True)
             if args.profile:

@@ -422,3 +422,30 @@ def test_bench_parts_table_reports_ms_and_pytorch_over_zkd():
     assert rows["distillation step"] == ["2000", "1000", "1250", "1.25"]
     no_torch = bench.parts_table({k: v for k, v in ips.items() if "torch" not in k}, ["xla", "zkd"], batch)
     assert "torch" not in no_torch and no_torch.splitlines()[1].split()[-2:] == ["1500", "800"]
+
+
+def test_bench_rate_line_sets_flops_against_the_matmul_and_the_peak():
+    """The step's FLOP/s = XLA's GFLOP per image x img/s, as shares of the matrix product's rate
+    and of a given peak."""
+    bench = _load("bench_train_step")
+    line = bench.rate_line(2.0, {"zkd": 50.0, "torch": 25.0}, ["zkd", "torch"], 200e9, "a product", 1.0)
+    assert "zkd[zkd] 100 GFLOP/s, torch 50 GFLOP/s = 50% / 25% of a product (200 GFLOP/s)" in line
+    assert line.endswith("; 10.0% / 5.0% of the 1 TFLOP/s peak given")
+    assert "peak" not in bench.rate_line(2.0, {"zkd": 50.0}, ["zkd"], 200e9, "a product")
+
+
+def test_bench_flops_counts_products_and_convolutions_by_formula():
+    """XLA's count, as the benchmark reads it, is 2 x multiply-adds: 2mkn for a product; for a
+    3x3 'SAME' convolution 2 B Cin Cout x the kernel taps that fall inside the image (zero padding
+    is not counted: (3 hw - 2) per spatial axis), checked against these formulas."""
+    import jax
+
+    bench = _load("bench_train_step")
+    m, k, n = 8, 16, 4
+    assert bench.flops(jax.jit(jnp.matmul).lower(jnp.zeros((m, k)), jnp.zeros((k, n)))) == 2 * m * k * n
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    b, hw, cin, cout = 2, 8, 3, 5
+    taps = (3 * hw - 2) ** 2
+    assert bench.flops(conv.lower(jnp.zeros((b, hw, hw, cin)), jnp.zeros((3, 3, cin, cout)))) == \
+        2 * b * cin * cout * taps
