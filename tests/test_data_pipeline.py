@@ -116,6 +116,29 @@ def test_cifar_determinism_and_resume():
     assert not np.array_equal(a[0]["image"], a[6]["image"])  # a new epoch is reshuffled
 
 
+def test_in_memory_stream_runs_without_tfdata_autotuning():
+    """The in-memory stream's tf.data pipelines run with autotuning off (deleting an autotuned
+    iterator mid-epoch waits for tf.data's tuning thread, up to a minute: see
+    pipeline._without_autotune), and give the same batches as with it on."""
+    seen = []
+    as_numpy = pipeline.tf.data.Dataset.as_numpy_iterator
+
+    def recording(ds):
+        seen.append(ds.options().autotune.enabled)
+        return as_numpy(ds)
+
+    with mock_tfds(), mock.patch.object(pipeline.tf.data.Dataset, "as_numpy_iterator", recording):
+        stream = data.train_batches(CIFAR, data_dir=None, global_batch_size=8, seed=3)
+        ours = take(stream, 7)  # crosses the epoch boundary at step 6: two pipelines
+        stream.close()
+    assert seen[-2:] == [False, False]
+    with mock_tfds(), mock.patch.object(pipeline, "_without_autotune", pipeline.tf.data.Options):
+        tuned = take(data.train_batches(CIFAR, data_dir=None, global_batch_size=8, seed=3), 7)
+    for x, y in zip(ours, tuned):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+
+
 @functools.lru_cache(maxsize=None)
 def two_view_global_batches(steps):
     """The first ``steps`` global batches of the two-view (MLKD) stream of one process: the
