@@ -192,10 +192,23 @@ def torch_reference(name):
 
 
 def build_torch(name):
-    """The PyTorch reference model ``name`` (100 classes)."""
+    """The PyTorch reference model ``name`` of the CIFAR zoo (100 classes)."""
+    resnets = torch_reference("resnets")
+    if name in resnets.CIFAR_RESNETS:
+        return resnets.cifar_resnet(name, 100)
+    if name in resnets.FOUR_STAGE:
+        return resnets.four_stage_resnet(name, 100, imagenet=False)
     if name.startswith("wrn"):
         return torch_reference("wrn").wrn(name, 100)
-    return torch_reference("resnets").cifar_resnet(name, 100)
+    if name in torch_reference("vgg").CONFIGS:
+        return torch_reference("vgg").vgg(name, 100)
+    mobile = {"MobileNetV2": ("mobilenets", "cifar_mobilenet_v2"), "ShuffleV1": ("shufflenets", "shuffle_v1"),
+              "ShuffleV2": ("shufflenets", "shuffle_v2")}
+    if name in mobile:
+        module, builder = mobile[name]
+        return getattr(torch_reference(module), builder)(100)
+    raise SystemExit(f"no PyTorch reference model for {name!r} in tests/torch_reference (the CIFAR zoo: resnets, "
+                     f"wrn_*, vgg*, MobileNetV2, ShuffleV1/V2); rerun with --no_torch to time zkd alone")
 
 
 def torch_step(teacher, student, batch, warmup):
