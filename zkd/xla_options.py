@@ -6,7 +6,8 @@ backward passes by a factor of about two: the weight gradient of a 3x3 convoluti
 YNNPACK convolution with a 32x32 window. XLA's own convolutions (Eigen) are faster in both
 directions on the machines measured (docs/performance.md, ``experiments/bench_train_step.py``), so
 on CPU zkd compiles its steps with YNNPACK kept for dots and elementwise fusions but not for
-convolutions. The numbers are the same up to float32 roundoff (a different summation order
+standalone convolutions (YNNPACK still absorbs a convolution of more than 16 channels into an
+elementwise fusion that consumes it; no option of jaxlib 0.10 prevents that). The numbers are the same up to float32 roundoff (a different summation order
 inside the convolutions); the PyTorch parity tests pass either way.
 
 Only programs on CPU devices get options; GPU and TPU compilations are left alone. The choice can
