@@ -182,3 +182,45 @@ def test_rejects_non_image_input(name):
     model = zkd.models.build(name, 10)
     with pytest.raises(ValueError, match="NHWC"):
         model.init(jax.random.key(0), jnp.zeros((32, 32, 3)), train=False)
+
+
+# ----------------------------------------------------------------------------- grouped convolutions
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,groups,features,use_bias", [
+    ((2, 9, 9, 6), 3, 1, 1, 6, 6, False),    # depthwise (MobileNetV2, ShuffleNets)
+    ((2, 9, 9, 6), 3, 2, 1, 6, 6, True),     # depthwise, stride 2, odd size
+    ((2, 5, 5, 12), 1, 1, 0, 3, 9, False),   # 1x1 grouped (ShuffleV1)
+    ((2, 7, 7, 8), 3, 2, 1, 2, 4, False),    # any other grouping: XLA's convolution
+])
+def test_grouped_conv_matches_xla_grouped_convolution(shape, kernel, stride, padding, groups, features, use_bias):
+    """zkd.models.layers.GroupedConv (the CPU formulation) against lax.conv_general_dilated with
+    feature_group_count (values and gradients) and against flax's nn.Conv (same variables, same
+    initial values from the same key)."""
+    from zkd.models import layers
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    module = layers.conv(features, kernel, stride, padding, groups=groups, use_bias=use_bias, name="c")
+    reference = flax.linen.Conv(features, (kernel, kernel), strides=(stride, stride),
+                                padding=((padding, padding),) * 2, feature_group_count=groups, use_bias=use_bias,
+                                kernel_init=layers.conv_init, name="c")
+    ours, theirs = module.init(jax.random.key(3), x), reference.init(jax.random.key(3), x)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+    variables = jax.tree.map(lambda v: v + 0.1 * jnp.asarray(rng.standard_normal(v.shape), jnp.float32), ours)
+
+    def loss(apply, v, x):
+        return jnp.sum(jnp.sin(apply(v, x)))
+
+    np.testing.assert_allclose(module.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-5)
+    ours_grad = jax.grad(lambda v, x: loss(module.apply, v, x), argnums=(0, 1))(variables, x)
+    theirs_grad = jax.grad(lambda v, x: loss(reference.apply, v, x), argnums=(0, 1))(variables, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours_grad, theirs_grad)
+
+
+def test_grouped_conv_refuses_channels_that_do_not_split():
+    from zkd.models import layers
+
+    with pytest.raises(ValueError, match="do not split into 4 groups"):
+        layers.conv(8, 1, groups=4, name="c").init(jax.random.key(0), jnp.zeros((1, 3, 3, 6)))
