@@ -1,4 +1,5 @@
-"""Building blocks shared by the ResNet-style families (CIFAR ResNets, WRN, VGG, ImageNet ResNets).
+"""Building blocks shared by the CNN families (CIFAR ResNets, WRN, VGG, ImageNet ResNets; the grouped
+convolutions of the MobileNets and ShuffleNets).
 
 All layers follow PyTorch so that ``zkd.convert`` can load PyTorch weights by name:
 
