@@ -60,9 +60,9 @@ class GroupedConv(nn.Module):
     194 ms, a 1x1 convolution of 3 groups on [64, 16, 16, 240] 231 against 22 ms), so there a
     depthwise convolution (groups = C_in = features) is the sum of its k x k shifted, strided
     views of the zero-padded input times the per-channel taps, and a 1x1 grouped convolution one
-    batched product over the groups. Depthwise: the same products, summed in the convolution's own
-    tap order; grouped 1x1: float32 roundoff (tests/test_models_mobile.py checks both, and the
-    models against PyTorch). Other grouped shapes keep XLA's convolution.
+    batched product over the groups. Both agree with XLA's grouped convolution to float32
+    roundoff (tests/test_models_mobile.py checks values and gradients, and the models against
+    PyTorch). Other grouped shapes (e.g. a channel multiplier) keep XLA's convolution.
     """
 
     features: int
