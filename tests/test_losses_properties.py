@@ -158,6 +158,45 @@ def test_release_dkd_is_not_finite_for_huge_logits_but_zkd_is():
     assert np.isfinite(float(losses.dkd_loss(s, t, y, 1.0, 8.0, 1.0)))
 
 
+def _dkd_float64(s, t, y, alpha, beta, temperature):
+    """DKD per the paper's definition, in float64 NumPy log space (independent of zkd)."""
+    def parts(x, target):
+        x = x.astype(np.float64) / temperature
+        others = np.delete(x, target)
+        lse_o, lse = np.logaddexp.reduce(others), np.logaddexp.reduce(x)
+        return np.array([x[target] - lse, lse_o - lse]), others - lse_o
+
+    total = 0.0
+    for s_i, t_i, y_i in zip(s, t, y):
+        (b_s, q_s), (b_t, q_t) = parts(s_i, y_i), parts(t_i, y_i)
+        kl = lambda log_p, log_q: float(np.sum(np.exp(log_p) * (log_p - log_q)))  # noqa: E731
+        total += alpha * kl(b_t, b_s) + beta * kl(q_t, q_s)
+    return total / len(y) * temperature**2
+
+
+@pytest.mark.parametrize("case", ["dominant target", "huge logits", "dominant non-target"])
+def test_dkd_matches_float64_definition_where_probabilities_underflow(case):
+    # Regimes where p_non_target or a non-target probability is far below float32's epsilon: the
+    # non-target log-sum-exp must come from the non-target logits, never from 1 - p_target.
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((4, 7)).astype(np.float32)
+    t = rng.standard_normal((4, 7)).astype(np.float32)
+    y = np.array([0, 3, 6, 2])
+    rows = np.arange(4)
+    if case == "dominant target":
+        s[rows, y] += 60.0
+        t[rows, y] += 80.0
+    elif case == "huge logits":
+        s, t = s * 3e3, t * 5e3
+    else:
+        s[rows, (y + 1) % 7] += 70.0
+        t[rows, (y + 2) % 7] += 90.0
+    want = _dkd_float64(s, t, y, 1.0, 8.0, 2.0)
+    got, grad = jax.value_and_grad(losses.dkd_loss)(s, t, y, 1.0, 8.0, 2.0)
+    np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-5)
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
 @pytest.mark.parametrize("classes", [2, 3, 21843])
 def test_many_and_few_classes_and_large_batches(classes):
     batch = 4096 if classes <= 3 else 8

@@ -7,14 +7,31 @@ import jax.numpy as jnp
 
 from zkd.losses import _common
 from zkd.losses.kd import kl_per_example, tempered_logits
-from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS
+from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS, centered_standardized_over_temperature
 
 
-def _binary_log_probs(log_probs: jax.Array, is_target: jax.Array) -> jax.Array:
-    """[B, K] log-probabilities -> [B, 2] log (p_target, p_non_target), computed stably."""
-    log_p_target = jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
-    log_p_other = jax.nn.logsumexp(jnp.where(is_target, -jnp.inf, log_probs), axis=-1)
-    return jnp.stack([log_p_target, log_p_other], axis=-1)
+def _decoupled_log_probs(x: jax.Array, is_target: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The two distributions DKD compares, from tempered logits ``x`` [B, K] (any per-sample shift).
+
+    Returns ``(binary, log_q, q)``: ``binary`` [B, 2] = log (p_target, p_non_target) of
+    softmax(x); ``log_q`` [B, K] = log softmax of x over the non-target classes (-inf at the
+    target) and ``q`` its probabilities (0 at the target).
+
+    One max and one exp-sum over the non-target logits serve all three: their log-sum-exp
+    ``lse_o`` normalises ``q``, and the full log-normaliser is ``logaddexp(lse_o, x_target)``,
+    so nothing is subtracted from a sum of probabilities (no cancellation when the target
+    dominates) and every exponent is <= 0 (finite for any finite logits).
+    """
+    x_target = jnp.sum(jnp.where(is_target, x, 0.0), axis=-1, keepdims=True)
+    others = jnp.where(is_target, -jnp.inf, x)
+    # The result is invariant to this shift: no gradient through it, as in log_softmax.
+    shift = jax.lax.stop_gradient(jnp.max(others, axis=-1, keepdims=True))
+    e = jnp.exp(others - shift)
+    z = jnp.sum(e, axis=-1, keepdims=True)
+    lse_o = shift + jnp.log(z)
+    lse = jnp.logaddexp(lse_o, x_target)
+    binary = jnp.concatenate([x_target - lse, lse_o - lse], axis=-1)
+    return binary, others - lse_o, e / z
 
 
 def dkd_terms(
@@ -40,16 +57,17 @@ def dkd_terms(
     batch, num_classes = student.shape
     labels = _common.as_labels(labels, batch, num_classes)
     t = _common.as_scalar(temperature, "temperature", student.dtype, positive=True)
-    s, v = tempered_logits(student, teacher, t, logit_stand, eps, ddof)
+    if logit_stand:  # _decoupled_log_probs shifts by its own maximum: no max-shift pass here
+        s = centered_standardized_over_temperature(student, t, eps, ddof)
+        v = centered_standardized_over_temperature(jax.lax.stop_gradient(teacher), t, eps, ddof)
+    else:
+        s, v = tempered_logits(student, teacher, t, False, eps, ddof)
     is_target = jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
 
-    log_p_s = jax.nn.log_softmax(s, axis=-1)
-    log_p_t = jax.nn.log_softmax(v, axis=-1)
-    tckd = kl_per_example(_binary_log_probs(log_p_t, is_target), _binary_log_probs(log_p_s, is_target))
-
-    log_q_s = jax.nn.log_softmax(jnp.where(is_target, -jnp.inf, s), axis=-1)
-    log_q_t = jax.nn.log_softmax(jnp.where(is_target, -jnp.inf, v), axis=-1)
-    nckd = kl_per_example(log_q_t, log_q_s)
+    binary_s, log_q_s, _ = _decoupled_log_probs(s, is_target)
+    binary_t, log_q_t, q_t = _decoupled_log_probs(v, is_target)
+    tckd = kl_per_example(binary_t, binary_s)
+    nckd = kl_per_example(log_q_t, log_q_s, p_teacher=q_t)
 
     valid = _common.labels_valid(labels, num_classes) & (t > 0)
     scale = t**2

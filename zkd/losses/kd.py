@@ -9,12 +9,14 @@ from zkd.losses import _common
 from zkd.losses.standardize import DEFAULT_DDOF, DEFAULT_EPS, shifted_standardized_over_temperature
 
 
-def kl_per_example(log_p_teacher: jax.Array, log_p_student: jax.Array) -> jax.Array:
+def kl_per_example(log_p_teacher: jax.Array, log_p_student: jax.Array,
+                   p_teacher: jax.Array | None = None) -> jax.Array:
     """KL(teacher || student) summed over the last axis, from log-probabilities: [B, K] -> [B].
 
     Terms with zero teacher probability contribute exactly 0 (``torch.kl_div``'s convention).
+    ``p_teacher``: ``exp(log_p_teacher)`` [B, K] when the caller has it already.
     """
-    p_teacher = jnp.exp(log_p_teacher)
+    p_teacher = jnp.exp(log_p_teacher) if p_teacher is None else p_teacher
     # `== 0`, not `> 0`: a NaN teacher probability must poison the loss, not vanish.
     terms = jnp.where(p_teacher == 0, 0.0, p_teacher * (log_p_teacher - log_p_student))
     return jnp.sum(terms, axis=-1)

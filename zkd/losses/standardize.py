@@ -83,3 +83,13 @@ def shifted_standardized_over_temperature(
     x, centered, std = _centered_and_std(logits, ddof, mean_gradient=False)
     x_max = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
     return (x - x_max) * (1.0 / ((eps + std) * temperature))
+
+
+def centered_standardized_over_temperature(
+    logits: jax.Array, temperature: jax.Array, eps: float = DEFAULT_EPS, ddof: int = DEFAULT_DDOF
+) -> jax.Array:
+    """``standardize(logits) / temperature`` with no gradient through the mean: for consumers
+    that are invariant to a per-sample shift and take their own maximum (DKD's non-target
+    max), which then need neither the z-score's mean gradient nor a max-shift pass here."""
+    _, centered, std = _centered_and_std(logits, ddof, mean_gradient=False)
+    return centered * (1.0 / ((eps + std) * temperature))
