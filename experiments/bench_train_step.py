@@ -13,6 +13,9 @@ XLA's own CPU defaults (``[xla]``, what zkd did before zkd.xla_options) and with
 excluded), timed in interleaved rounds (one step of each contestant per round), the ratio of
 zkd's default to PyTorch, and a projection of a 240-epoch CIFAR-100 run (50,000 images per
 epoch) from zkd's figure. ``--profile`` adds each zkd step's time by XLA operation kind.
+``--steps_per_dispatch 1,10`` also times zkd on device-resident synthetic CIFAR-size data (50,000
+uint8 images on the device, the batch gathered and augmented inside the step) with 1 and 10 steps
+compiled into one dispatch (``config.steps_per_dispatch``), in the same rounds.
 ``--components`` also times the step's two parts alone, in the same interleaved rounds: the
 teacher's forward pass (eval mode) and the student's training step on cross-entropy alone
 (forward, backward, SGD update), zkd's compiled as zkd compiles them, PyTorch's as above; it says
@@ -46,6 +49,42 @@ def zkd_step(teacher, student, batch, warmup, dtype, preset):
     t_model = models.build(teacher, info.num_classes, dtype=engine.DTYPES[dtype])
     t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
     step = compiled_step(config, info, batch, dtype, teacher=(t_model, t_vars))
+    for _ in range(warmup):
+        step()
+    return step
+
+
+def synthetic_cifar(num_train: int = 50_000, num_test: int = 16):
+    """CIFAR-100-sized random uint8 images and labels in memory (``zkd.data.from_arrays``)."""
+    rng = np.random.default_rng(0)
+    cifar = data.get_info("cifar100")
+
+    def split(n):
+        return rng.integers(0, 256, (n, *cifar.image_shape), dtype=np.uint8), rng.integers(0, 100, n).astype(np.int32)
+
+    return data.from_arrays(split(num_train), split(num_test), name="synthetic_cifar", num_classes=100,
+                            mean=cifar.mean, std=cifar.std, pad=cifar.pad)
+
+
+def resident_step(teacher, student, batch, warmup, dtype, preset, k, info):
+    """A closure running one dispatch of ``k`` compiled zkd steps (blocking) on device-resident
+    data (``config.device_resident_data``: the batch gathered and augmented inside the step from
+    ``info``'s uint8 arrays; ``config.steps_per_dispatch = k``); ``.images`` = k x batch."""
+    os.environ[xla_options.ENV] = preset
+    config = recipes.cifar_distillation("kd", teacher, student, True)
+    config.dtype, config.batch_size, config.num_devices = dtype, batch, 1
+    config.device_resident_data, config.steps_per_dispatch = True, k
+    t_model = models.build(teacher, info.num_classes, dtype=engine.DTYPES[dtype])
+    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
+    run = engine.build(config, teacher=(t_model, t_vars), info=info)
+    program = run.train_steps or run.train_step
+    state = [run.state]
+
+    def step():
+        state[0], metrics = program(state[0], run.device_data)
+        jax.block_until_ready(metrics)
+
+    step.images = k * batch
     for _ in range(warmup):
         step()
     return step
@@ -240,7 +279,7 @@ def interleaved_images_per_second(steps: dict, batch: int, iters: int) -> dict:
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
-    return {name: batch / float(np.median(t)) for name, t in times.items()}
+    return {name: getattr(steps[name], "images", batch) / float(np.median(t)) for name, t in times.items()}
 
 
 def parts_table(ips: dict, contestants: list, batch: int) -> str:
@@ -274,6 +313,9 @@ def main():
                         help="also time the step's parts alone: teacher forward, student step on CE")
     parser.add_argument("--matmul_size", type=int, default=0,
                         help="n of the n^3 matrix product the step's FLOP/s are set against (0: 2048 on CPU, 8192 else)")
+    parser.add_argument("--steps_per_dispatch", default="",
+                        help="also time zkd on device-resident synthetic CIFAR-size data with these steps per "
+                             "dispatch (comma-separated, e.g. 1,10; config.steps_per_dispatch), default preset")
     parser.add_argument("--peak_tflops", type=float, default=0.0,
                         help="the device's peak TFLOP/s in --dtype (its data sheet's), to report the step's share of it")
     args = parser.parse_args()
@@ -288,13 +330,18 @@ def main():
     heads = [f"zkd[{p}] img/s" for p in presets]
     print(f"{'teacher -> student':26s} {'batch':>5s} " + " ".join(f"{h:>16s}" for h in heads)
           + f" {'torch img/s':>12s} {'zkd/torch':>9s} {'240-ep CIFAR run (h, zkd)':>26s}")
+    resident = [int(k) for k in args.steps_per_dispatch.split(",") if k]
+    cifar_sized = synthetic_cifar() if resident else None
     for pair in args.pairs.split(","):
         teacher, student = pair.split(":")
         for batch in map(int, args.batches.split(",")):
             steps = {p: zkd_step(teacher, student, batch, args.warmup, args.dtype, p) for p in presets}
+            for k in resident:
+                steps[("resident", k)] = resident_step(teacher, student, batch, args.warmup, args.dtype,
+                                                       presets[-1], k, cifar_sized)
             if not args.no_torch:
                 steps["torch"] = torch_step(teacher, student, batch, args.warmup)
-            contestants = list(steps)
+            contestants = [c for c in steps if not isinstance(c, tuple)]
             if args.components:
                 for name in contestants:
                     parts = (torch_parts(teacher, student, batch, args.warmup) if name == "torch" else
@@ -307,6 +354,9 @@ def main():
                   + f" {theirs:12.0f} {ours / theirs:9.2f} {hours:26.1f}", flush=True)
             print(rate_line(steps[presets[-1]].flops / batch / 1e9, ips, contestants, matmul, matmul_label,
                             args.peak_tflops), flush=True)
+            if resident:
+                print(f"  zkd[{presets[-1]}] on device-resident data (augmented in the step), steps per dispatch: "
+                      + ", ".join(f"x{k} {ips[('resident', k)]:.0f} img/s" for k in resident), flush=True)
             if args.components:
                 print(parts_table(ips, contestants, batch), flush=True)
             if args.profile:

@@ -449,3 +449,24 @@ def test_bench_flops_counts_products_and_convolutions_by_formula():
     taps = (3 * hw - 2) ** 2
     assert bench.flops(conv.lower(jnp.zeros((b, hw, hw, cin)), jnp.zeros((3, 3, cin, cout)))) == \
         2 * b * cin * cout * taps
+
+
+def test_bench_counts_every_step_of_a_multi_step_dispatch():
+    """--steps_per_dispatch: a contestant whose call runs k steps is credited k x batch images;
+    the synthetic CIFAR-size dataset is uint8 arrays in memory, normalized like CIFAR-100."""
+    import time
+
+    bench = _load("bench_train_step")
+
+    def one():
+        time.sleep(0.01)
+
+    def four():
+        time.sleep(0.01)
+
+    four.images = 4 * 8
+    ips = bench.interleaved_images_per_second({"one": one, "four": four}, 8, 3)
+    assert 3.0 < ips["four"] / ips["one"] < 5.0
+    info = bench.synthetic_cifar(64, 8)
+    assert (info.in_memory, info.num_classes, info.image_shape, info.train_size) == (True, 100, (32, 32, 3), 64)
+    assert info.mean == bench.data.get_info("cifar100").mean

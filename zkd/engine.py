@@ -109,6 +109,13 @@ def validate_config(config: ml_collections.ConfigDict, info: Optional[data.Datas
             raise ConfigError("device-resident data is augmented with the crop and flip in the step; "
                               f"config.augmentation={config.augmentation!r} needs the host pipeline "
                               "(config.device_resident_data=False)")
+    steps_per_dispatch = config.get("steps_per_dispatch", 1)
+    if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
+        raise ConfigError(f"config.steps_per_dispatch must be an integer >= 1, got {steps_per_dispatch!r}")
+    if steps_per_dispatch > 1 and not config.device_resident_data:
+        raise ConfigError(f"config.steps_per_dispatch={steps_per_dispatch} runs several steps in one program, which "
+                          "gathers its batches from device-resident data: set config.device_resident_data=True "
+                          "(in-memory datasets) or config.steps_per_dispatch=1")
     if config.teacher.get("logit_cache", ""):
         why = ("MLKD's two views (its strong view is not a crop/flip)" if config.method == "mlkd" else
                "a method without a teacher" if config.method == "ce" else
@@ -244,7 +251,10 @@ class Run:
     ``state`` is a ``zkd.state.RunState`` on the mesh (replicated); ``train_step(state, batch)
     -> (state, metrics)`` is compiled with the state donated, metrics a tuple of N dicts of
     scalars; ``eval_step(variables, batch)`` gives a tuple of N ``zkd.step.eval_sums``;
-    ``teacher_eval_step`` the teacher's (None without a teacher).
+    ``teacher_eval_step`` the teacher's (None without a teacher). With
+    ``config.steps_per_dispatch`` = k > 1 (device-resident data), ``train_steps(state, arrays)``
+    runs k consecutive steps in one compiled program (``lax.scan``): the same steps as k calls
+    of ``train_step``, its metrics stacked along a leading axis [k].
     """
 
     config: ml_collections.ConfigDict
@@ -264,6 +274,8 @@ class Run:
     teacher_eval_step: Optional[Callable]
     device_data: Any = None
     teacher_label: str = ""  # how logs name the teacher
+    train_steps: Optional[Callable] = None  # steps_per_dispatch steps in one program (device-resident data)
+    steps_per_dispatch: int = 1
     _eval_cache: Optional[list] = None
 
     @property
@@ -359,6 +371,22 @@ def _device_resident(run_step, config, info, mesh):
     return step_from_device_data, device_data
 
 
+def _scanned(run_step, k: int, mesh: Mesh):
+    """``k`` consecutive calls of ``run_step(state, arrays)`` as one program: ``(state, metrics
+    stacked [k])``. Each step gathers its own batch from ``state.step``, so the steps are those
+    of k separate calls (to float32 roundoff: the program fuses differently).
+
+    On CPU the k steps are unrolled: XLA:CPU ran the same steps as a while loop ~10x slower per
+    step (resnet8 -> resnet8, batch 16: 300 against 22-25 ms; docs/performance.md); elsewhere a
+    loop, whose compile time is that of one step."""
+    unroll = True if all(d.platform == "cpu" for d in mesh.devices.flat) else 1
+
+    def run_steps(state, arrays):
+        return jax.lax.scan(lambda s, _: run_step(s, arrays), state, None, length=k, unroll=unroll)
+
+    return run_steps
+
+
 def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
           teacher: Optional[tuple] = None, mesh: Optional[Mesh] = None, info: Optional[data.DatasetInfo] = None,
           abstract: bool = False) -> Run:
@@ -429,6 +457,9 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
     if config.device_resident_data:
         run_step, device_data = _device_resident(run_step, config, info, mesh)
     train_step = parallel.jit_train_step(run_step, mesh, batch_replicated=device_data is not None)
+    k = config.get("steps_per_dispatch", 1)
+    train_steps = None if k == 1 else parallel.jit_train_step(_scanned(run_step, k, mesh), mesh,
+                                                              batch_replicated=True)
     eval_step = parallel.jit_eval_step(step_lib.make_run_eval_step(student.apply, len(points), vectorize), mesh)
     teacher_eval = None if teacher_model is None else parallel.jit_eval_step(
         step_lib.make_eval_step(teacher_model.apply, config.get("teacher_input_size", 0)), mesh)
@@ -437,4 +468,4 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
              f"ensemble of {len(t.get('ensemble', ()))}" if t.get("ensemble", ()) else
              t.get("factory", "") or t.name)
     return Run(config, points, info, mesh, student, teacher_model, teacher_variables, steps_per_epoch, lr_fn, tx,
-               settings, state, train_step, eval_step, teacher_eval, device_data, label)
+               settings, state, train_step, eval_step, teacher_eval, device_data, label, train_steps, k)

@@ -224,16 +224,26 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
         if partial is not None:  # continue the epoch exactly where the checkpoint left it
             history, epoch_sums, seconds_before = _unpack_partial(partial)
             partial = None
-        for i in range(start_step - epoch * spe if epoch == start_epoch else 0, spe):
-            step = epoch * spe + i
-            state, metrics = run.train_step(state, next(batches))
+        i = start_step - epoch * spe if epoch == start_epoch else 0
+        while i < spe:
+            if _whole_dispatch_fits(run.steps_per_dispatch, i, spe, epoch * spe + i, config.log_every_steps,
+                                    every_steps):
+                state, metrics = run.train_steps(state, next(batches))  # metrics stacked [k]
+                taken = run.steps_per_dispatch
+            else:
+                state, metrics = run.train_step(state, next(batches))
+                taken = 1
+            i += taken
             history.append(metrics)
-            if (i + 1) % config.log_every_steps == 0 or i + 1 == spe:
-                _flush_train_metrics(history, step - len(history) + 1, points, writers, epoch_sums, sweep)
+            step = epoch * spe + i - 1  # the last step taken
+            if i % config.log_every_steps == 0 or i == spe:
+                _flush_train_metrics(history, step - _steps_in(history) + 1, points, writers, epoch_sums, sweep)
                 history = []
             bar.update(step + 1, epoch + 1)
-            stopping = stop.should_stop(step + 1)
-            if i + 1 < spe and (stopping or (every_steps and (step + 1) % every_steps == 0)):
+            stopping = False
+            for done in range(step + 2 - taken, step + 2):  # every step's number: multi-host sync points
+                stopping = stop.should_stop(done) or stopping
+            if i < spe and (stopping or (every_steps and (step + 1) % every_steps == 0)):
                 seconds = seconds_before + time.perf_counter() - epoch_start
                 meta["partial"] = _pack_partial(history, step, points, epoch_sums, seconds, sweep)
                 meta["step"] = step + 1
@@ -283,6 +293,35 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
     return {"students": summaries, "dirs": dirs, "meta": meta}
 
 
+def _whole_dispatch_fits(k: int, i: int, spe: int, step: int, log_every: int, every_steps: int) -> bool:
+    """Whether the k steps from the epoch's step ``i`` (global ``step``) run as one dispatch: k > 1
+    and they end at or before the epoch's end, the next metrics flush and the next step
+    checkpoint, so every boundary the loop acts on is still seen; otherwise one step."""
+    if k == 1 or i + k > spe:
+        return False
+    if (i // log_every + 1) * log_every < i + k:
+        return False
+    return not every_steps or (step // every_steps + 1) * every_steps >= step + k
+
+
+def _steps_in(history: list) -> int:
+    """Steps held by ``history``: one per single step's metrics (scalars), k per dispatch of k
+    (metrics stacked [k])."""
+    return sum(1 if np.ndim(jax.tree.leaves(m)[0]) == 0 else int(np.shape(jax.tree.leaves(m)[0])[0])
+               for m in history)
+
+
+def _host_steps(history: list) -> list:
+    """``history`` fetched to the host, one entry (a tuple of one dict per student) per step."""
+    rows = []
+    for m in parallel.to_host(history):
+        if np.ndim(jax.tree.leaves(m)[0]) == 0:
+            rows.append(m)
+        else:
+            rows.extend(jax.tree.map(lambda v, j=j: v[j], m) for j in range(np.shape(jax.tree.leaves(m)[0])[0]))
+    return rows
+
+
 def _stop(stop: StopRequests, step: int, workdir: str, ckpts, bar, writers) -> None:
     """The checkpoint of ``step`` is being written: finish it, close everything, raise Preempted."""
     bar.close()
@@ -298,7 +337,7 @@ def _pack_partial(history: list, last_step: int, points: list, epoch_sums: list,
                   sweep: bool) -> dict:
     """The unfinished epoch as JSON: metrics not yet flushed (checked finite first: nothing of a
     non-finite step is saved), the epoch's sums so far and its seconds."""
-    host = parallel.to_host(history)
+    host = _host_steps(history)
     _check_finite(host, last_step - len(host) + 1, points, sweep)
     pending = [[{k: float(v) for k, v in m.items()} for m in step_metrics] for step_metrics in host]
     return {"pending": pending, "epoch_sums": epoch_sums, "seconds": seconds}
@@ -327,7 +366,7 @@ def _flush_train_metrics(history: list, first_step: int, points: list, writers: 
                          sweep: bool) -> None:
     """Fetch buffered step metrics (a tuple of one dict per student each), stop on the first
     non-finite value naming the step (and the student in a sweep), log each student's mean."""
-    host = parallel.to_host(history)
+    host = _host_steps(history)
     _check_finite(host, first_step, points, sweep)
     for j, writer in enumerate(writers):
         rows = [m[j] for m in host]

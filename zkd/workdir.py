@@ -40,7 +40,7 @@ LEASE_SECONDS = 60.0
 # Config fields a resumed run may change (they do not change what is computed).
 RESUMABLE_CHANGES = frozenset({
     "num_epochs", "log_every_steps", "progress_bar", "checkpoint_every_epochs", "checkpoint_every_steps",
-    "data_dir", "num_devices", "teacher.checkpoint", "eval_batch_size",
+    "data_dir", "num_devices", "teacher.checkpoint", "eval_batch_size", "steps_per_dispatch",
 })
 
 
