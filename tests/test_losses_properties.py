@@ -158,10 +158,14 @@ def test_release_dkd_is_not_finite_for_huge_logits_but_zkd_is():
     assert np.isfinite(float(losses.dkd_loss(s, t, y, 1.0, 8.0, 1.0)))
 
 
-def _dkd_float64(s, t, y, alpha, beta, temperature):
-    """DKD per the paper's definition, in float64 NumPy log space (independent of zkd)."""
+def _dkd_float64(s, t, y, alpha, beta, temperature, logit_stand=False):
+    """DKD per the paper's definition, in float64 NumPy log space (independent of zkd); with
+    ``logit_stand`` both logit rows z-scored first as released (unbiased std, eps 1e-7)."""
     def parts(x, target):
-        x = x.astype(np.float64) / temperature
+        x = x.astype(np.float64)
+        if logit_stand:
+            x = (x - x.mean()) / (1e-7 + x.std(ddof=1))
+        x = x / temperature
         others = np.delete(x, target)
         lse_o, lse = np.logaddexp.reduce(others), np.logaddexp.reduce(x)
         return np.array([x[target] - lse, lse_o - lse]), others - lse_o
@@ -195,6 +199,20 @@ def test_dkd_matches_float64_definition_where_probabilities_underflow(case):
     got, grad = jax.value_and_grad(losses.dkd_loss)(s, t, y, 1.0, 8.0, 2.0)
     np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-5)
     assert np.all(np.isfinite(np.asarray(grad)))
+
+
+@pytest.mark.parametrize("logit_stand", [False, True])
+def test_dkd_gradient_in_the_temperature_is_the_definitions(logit_stand):
+    # T may be traced and learned (CTKD's temperature applies to DKD in its paper): the gradient
+    # must be finite (the excluded target's -inf log-probabilities once made it NaN) and right.
+    rng = np.random.default_rng(1)
+    s, t = rng.standard_normal((4, 7)).astype(np.float32), 3 * rng.standard_normal((4, 7)).astype(np.float32)
+    y = np.array([0, 3, 6, 2])
+    got = float(jax.grad(lambda temp: losses.dkd_loss(s, t, y, 1.0, 8.0, temp, logit_stand))(2.0))
+    h = 1e-4
+    want = (_dkd_float64(s, t, y, 1.0, 8.0, 2.0 + h, logit_stand)
+            - _dkd_float64(s, t, y, 1.0, 8.0, 2.0 - h, logit_stand)) / (2 * h)
+    assert got == pytest.approx(want, rel=1e-4)
 
 
 @pytest.mark.parametrize("classes", [2, 3, 21843])
