@@ -41,13 +41,18 @@ from zkd import data, engine, models, parallel, recipes, xla_options
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def random_teacher(name: str, info, dtype: str) -> tuple:
+    """``(module, variables)`` of teacher ``name``, randomly initialised for ``info``'s images."""
+    model = models.build(name, info.num_classes, dtype=engine.DTYPES[dtype])
+    return model, model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
+
+
 def zkd_step(teacher, student, batch, warmup, dtype, preset):
     """A closure running one compiled zkd step (blocking), built with ``ZKD_XLA_CPU_OPTIONS=preset``."""
     os.environ[xla_options.ENV] = preset
     config = recipes.cifar_distillation("kd", teacher, student, True)
     info = data.get_info(config.dataset)
-    t_model = models.build(teacher, info.num_classes, dtype=engine.DTYPES[dtype])
-    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
+    t_model, t_vars = random_teacher(teacher, info, dtype)
     step = compiled_step(config, info, batch, dtype, teacher=(t_model, t_vars))
     for _ in range(warmup):
         step()
@@ -74,8 +79,7 @@ def resident_step(teacher, student, batch, warmup, dtype, preset, k, info):
     config = recipes.cifar_distillation("kd", teacher, student, True)
     config.dtype, config.batch_size, config.num_devices = dtype, batch, 1
     config.device_resident_data, config.steps_per_dispatch = True, k
-    t_model = models.build(teacher, info.num_classes, dtype=engine.DTYPES[dtype])
-    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
+    t_model, t_vars = random_teacher(teacher, info, dtype)
     run = engine.build(config, teacher=(t_model, t_vars), info=info)
     program = run.train_steps or run.train_step
     state = [run.state]
@@ -153,8 +157,7 @@ def zkd_parts(teacher, student, batch, warmup, dtype, preset):
     cross-entropy alone (``recipes.cifar_teacher(student)``), each a blocking closure."""
     os.environ[xla_options.ENV] = preset
     info = data.get_info("cifar100")
-    t_model = models.build(teacher, info.num_classes, dtype=engine.DTYPES[dtype])
-    t_vars = t_model.init(jax.random.key(1), jnp.zeros((1, *info.image_shape)), train=False)
+    t_model, t_vars = random_teacher(teacher, info, dtype)
     forward = jax.jit(lambda v, x: t_model.apply(v, x, train=False), compiler_options=xla_options.compiler_options())
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *info.image_shape)), jnp.float32)
 
