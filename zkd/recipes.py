@@ -160,8 +160,9 @@ def base_config() -> ml_collections.ConfigDict:
         "image_key": "", "label_key": "",
     })
     c.device_resident_data = False   # in-memory datasets: uint8 images on the devices, augmented in the step
-    # with device-resident data: steps compiled into one program (lax.scan) per dispatch; one that
-    # divides log_every_steps and steps_per_epoch keeps every dispatch full (zkd.engine)
+    # with device-resident data: steps compiled into one program (lax.scan) per dispatch; a k that
+    # divides log_every_steps, steps_per_epoch (and checkpoint_every_steps) keeps every dispatch
+    # whole, else single steps fill in at those boundaries (zkd.train)
     c.steps_per_dispatch = 1
     # student.options: keyword arguments of the model's factory (zoo "vit": img_size, drop_path_rate).
     # student.factory: "package.module:function" building a user's Flax module (zkd.models.user,
