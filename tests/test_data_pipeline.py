@@ -203,6 +203,26 @@ def test_cifar_eval_counts_every_example_once(processes, batch):
     np.testing.assert_array_equal(np.concatenate(kept_labels), labels)
 
 
+def test_in_memory_eval_batches_are_the_tf_data_pipelines_bits_without_tensorflow(monkeypatch):
+    """In-memory evaluation without resizing runs in NumPy: the same bits as the tf.data pipeline
+    it replaced (kept for resized views), and no TensorFlow call at all (machines without it)."""
+    with mock_tfds():
+        images, labels = data.load_arrays(CIFAR, None, "test")
+    via_tf = list(pipeline._in_memory_eval(CIFAR, images, labels, 7).as_numpy_iterator())
+
+    def no_tensorflow(*args, **kwargs):
+        raise AssertionError("TensorFlow called")
+
+    monkeypatch.setattr(pipeline.tf.data.Dataset, "from_tensor_slices", no_tensorflow)
+    monkeypatch.setattr(pipeline.transforms, "normalize", no_tensorflow)
+    via_numpy = list(pipeline._in_memory_eval_numpy(CIFAR, images, labels, 7))
+    assert len(via_numpy) == len(via_tf) == -(-len(labels) // 7)
+    for a, b in zip(via_numpy, via_tf):
+        assert a["image"].dtype == np.float32 and a["label"].dtype == np.int32
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
 def test_eval_denominator_of_full_cifar100_test_set():
     """10,000 test images over 3 processes with global batch 96: masks sum to exactly 10,000."""
     counts = []

@@ -225,6 +225,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 0     # also save every N steps (mid-epoch; 0: off), for long epochs
     c.num_devices = -1               # -1: all devices
     c.progress_bar = True            # when attached to a terminal
+    c.tensorboard = True             # event files in <workdir>/tensorboard (TensorFlow's writer); metrics.jsonl always
     c.paper_top1 = ml_collections.ConfigDict({"baseline": -1.0, "logit_stand": -1.0})
     return c
 

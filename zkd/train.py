@@ -182,8 +182,9 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
             if jax.process_index() == 0:
                 checkpoint.write_sweep_member(d, workdir, j, p.name)
         print(f"zkd sweep: {n} students ({', '.join(p.name for p in points)})", flush=True)
-    writers = [MetricWriter(d) for d in dirs]
-    all_writers = [MetricWriter(workdir), *writers] if sweep else writers
+    tensorboard = config.get("tensorboard", True)
+    writers = [MetricWriter(d, tensorboard) for d in dirs]
+    all_writers = [MetricWriter(workdir, tensorboard), *writers] if sweep else writers
 
     # --- resume (at an epoch end, or mid-epoch after a step checkpoint or a preemption)
     every_steps = int(config.get("checkpoint_every_steps", 0))

@@ -41,6 +41,7 @@ LEASE_SECONDS = 60.0
 RESUMABLE_CHANGES = frozenset({
     "num_epochs", "log_every_steps", "progress_bar", "checkpoint_every_epochs", "checkpoint_every_steps",
     "data_dir", "num_devices", "teacher.checkpoint", "eval_batch_size", "steps_per_dispatch",
+    "tensorboard",
 })
 
 

@@ -543,7 +543,10 @@ def eval_batches(
         if not info.in_memory:
             raise ValueError(f"image_size serves in-memory datasets (CIFAR, Fashion-MNIST), not {info.name}")
         image_shape = (image_size, image_size, info.image_shape[2])
-    if info.in_memory:
+    if info.in_memory and not image_size:
+        images, labels = load_arrays(info, data_dir, split)
+        batches = _in_memory_eval_numpy(info, images[start:end], labels[start:end], b)
+    elif info.in_memory:
         images, labels = load_arrays(info, data_dir, split)
         batches = _in_memory_eval(info, images[start:end], labels[start:end], b, image_size).as_numpy_iterator()
     else:
@@ -551,6 +554,16 @@ def eval_batches(
         ds = _streaming_eval(info, builder, f"{info.tfds_split(split)}[{start}:{end}]", end - start, b)
         batches = read_named(ds.as_numpy_iterator(), info, split, builder)
     return pad_eval_batches(batches, b, steps, image_shape)
+
+
+def _in_memory_eval_numpy(info, images, labels, b):
+    """The in-memory evaluation batches without resizing, in NumPy: ``transforms.normalize``'s
+    float32 operations in its order (the same bits as the tf.data path), and no TensorFlow call,
+    so arrays held in memory are evaluated on machines whose TensorFlow is absent or stubbed."""
+    mean, std = np.asarray(info.mean, np.float32), np.asarray(info.std, np.float32)
+    for start in range(0, len(labels), b):
+        x = images[start:start + b].astype(np.float32) / np.float32(255.0)
+        yield {"image": (x - mean) / std, "label": np.asarray(labels[start:start + b], np.int32)}
 
 
 def _in_memory_eval(info, images, labels, b, image_size=0):
