@@ -59,18 +59,6 @@ def zkd_step(teacher, student, batch, warmup, dtype, preset):
     return step
 
 
-def synthetic_cifar(num_train: int = 50_000, num_test: int = 16):
-    """CIFAR-100-sized random uint8 images and labels in memory (``zkd.data.from_arrays``)."""
-    rng = np.random.default_rng(0)
-    cifar = data.get_info("cifar100")
-
-    def split(n):
-        return rng.integers(0, 256, (n, *cifar.image_shape), dtype=np.uint8), rng.integers(0, 100, n).astype(np.int32)
-
-    return data.from_arrays(split(num_train), split(num_test), name="synthetic_cifar", num_classes=100,
-                            mean=cifar.mean, std=cifar.std, pad=cifar.pad)
-
-
 def resident_step(teacher, student, batch, warmup, dtype, preset, k, info):
     """A closure running one dispatch of ``k`` compiled zkd steps (blocking) on device-resident
     data (``config.device_resident_data``: the batch gathered and augmented inside the step from
@@ -334,7 +322,7 @@ def main():
     print(f"{'teacher -> student':26s} {'batch':>5s} " + " ".join(f"{h:>16s}" for h in heads)
           + f" {'torch img/s':>12s} {'zkd/torch':>9s} {'240-ep CIFAR run (h, zkd)':>26s}")
     resident = [int(k) for k in args.steps_per_dispatch.split(",") if k]
-    cifar_sized = synthetic_cifar() if resident else None
+    cifar_sized = data.synthetic("cifar100") if resident else None
     for pair in args.pairs.split(","):
         teacher, student = pair.split(":")
         for batch in map(int, args.batches.split(",")):

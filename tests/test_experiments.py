@@ -452,8 +452,7 @@ def test_bench_flops_counts_products_and_convolutions_by_formula():
 
 
 def test_bench_counts_every_step_of_a_multi_step_dispatch():
-    """--steps_per_dispatch: a contestant whose call runs k steps is credited k x batch images;
-    the synthetic CIFAR-size dataset is uint8 arrays in memory, normalized like CIFAR-100."""
+    """--steps_per_dispatch: a contestant whose call runs k steps is credited k x batch images."""
     import time
 
     bench = _load("bench_train_step")
@@ -467,6 +466,17 @@ def test_bench_counts_every_step_of_a_multi_step_dispatch():
     four.images = 4 * 8
     ips = bench.interleaved_images_per_second({"one": one, "four": four}, 8, 3)
     assert 3.0 < ips["four"] / ips["one"] < 5.0
-    info = bench.synthetic_cifar(64, 8)
-    assert (info.in_memory, info.num_classes, info.image_shape, info.train_size) == (True, 100, (32, 32, 3), 64)
-    assert info.mean == bench.data.get_info("cifar100").mean
+
+
+def test_synthetic_run_trains_evaluates_and_checkpoints_end_to_end(tmp_path, capsys):
+    """experiments/synthetic_run.py (#16 Part B's end-to-end run), tiny: device-resident synthetic
+    CIFAR-shaped data, several steps per dispatch, exact evaluation, checkpoints, no event files."""
+    run = _load("synthetic_run")
+    out = run.main(["--teacher", "resnet8", "--student", "resnet8", "--epochs", "2", "--batch", "32",
+                    "--train_size", "128", "--test_size", "40", "--steps_per_dispatch", "2",
+                    "--workdir", str(tmp_path / "run")])
+    assert out["epochs"] == 2 and out["wall_seconds"] > out["train_seconds"] > 0
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+    evals = metrics_io.read_metrics(str(tmp_path / "run"), "eval")
+    assert [e["count"] for e in evals] == [40, 40]  # every synthetic test image, each epoch
+    assert "end to end" in capsys.readouterr().out

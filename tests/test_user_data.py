@@ -336,3 +336,17 @@ def test_a_tfds_dataset_over_the_memory_limit_is_streamed(shapes, monkeypatch):
     assert none["image"].shape == (8, 8, 8, 3)
     with pytest.raises(ValueError, match="crop_flip' serves in-memory datasets"):
         data.train_batches(info, augmentation="crop_flip", **kw)
+
+
+def test_synthetic_datasets_are_shaped_like_the_built_in_ones():
+    a = data.synthetic("fashion_mnist", 30, 10, seed=3)
+    cifar = data.synthetic("cifar100", 20, 5)
+    fm = data.DATASETS["fashion_mnist"]
+    assert (a.image_shape, a.num_classes, a.train_size, a.test_size) == (fm.image_shape, 10, 30, 10)
+    assert (a.mean, a.std, a.pad) == (fm.mean, fm.std, fm.pad) and a.in_memory
+    assert cifar.image_shape == (32, 32, 3) and cifar.num_classes == 100
+    images, labels = data.load_arrays(a, None, "train")
+    assert images.dtype == np.uint8 and images.shape == (30, 28, 28, 1) and labels.max() < 10
+    np.testing.assert_array_equal(images, data.load_arrays(data.synthetic("fashion_mnist", 30, 10, seed=3), None)[0])
+    with pytest.raises(data.UnknownDatasetError, match="valid: "):
+        data.synthetic("svhn")

@@ -19,6 +19,8 @@ Users' datasets (zkd.data.catalog): the same DatasetInfo, from metadata or array
     resolve_config(config) -> DatasetInfo  config.dataset / data_dir / data.*
     from_arrays((images uint8 [N, H, W, C], labels int [N]), (test images, test labels), *, name="arrays",
                 num_classes=None, mean=(), std=(), pad=None) -> DatasetInfo   held in memory, source "arrays"
+    synthetic(like="cifar100", train_size=None, test_size=None, seed=0) -> DatasetInfo   random uint8 images
+                                           shaped and normalized like a built-in dataset, in memory (timing, smoke tests)
     DatasetSpecError (a DataError): what cannot be served as asked, and the fix
 
 Host pipelines (numpy batches for THIS process; b = global_batch_size // process_count)
@@ -82,7 +84,7 @@ from zkd.data.device import (  # noqa: E402
     device_train_batch,
     epoch_permutation,
 )
-from zkd.data.catalog import DatasetSpecError, from_arrays, resolve, resolve_config  # noqa: E402
+from zkd.data.catalog import DatasetSpecError, from_arrays, resolve, resolve_config, synthetic  # noqa: E402
 from zkd.data.info import DATASETS, DatasetInfo, UnknownDatasetError, get_info, steps_per_epoch  # noqa: E402
 from zkd.data.integrity import DataCorruptError, DataError, DatasetMismatchError  # noqa: E402
 from zkd.data.pipeline import eval_batches, eval_steps, load_arrays, train_batches  # noqa: E402
@@ -110,5 +112,6 @@ __all__ = [
     "resolve",
     "resolve_config",
     "steps_per_epoch",
+    "synthetic",
     "train_batches",
 ]

@@ -333,3 +333,23 @@ def from_arrays(train: tuple, test: tuple, *, name: str = "arrays", num_classes:
     elif not (len(mean) and len(std)):
         raise DatasetSpecError("pass both mean and std, or neither (then they are the training images')")
     return _with_statistics(info, mean, std)
+
+
+def synthetic(like: str = "cifar100", train_size: Optional[int] = None, test_size: Optional[int] = None,
+              seed: int = 0) -> DatasetInfo:
+    """Random uint8 images and labels shaped like the built-in dataset ``like`` (its image shape,
+    classes, split sizes unless given, normalization and padding), held in memory
+    (``from_arrays``, name "synthetic_<like>"): for timing runs and smoke tests, not for learning.
+    Deterministic in ``seed``."""
+    if like not in DATASETS:
+        raise UnknownDatasetError(f"synthetic(like={like!r}): valid: {', '.join(sorted(DATASETS))}")
+    info = DATASETS[like]
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        return (rng.integers(0, 256, (n, *info.image_shape), dtype=np.uint8),
+                rng.integers(0, info.num_classes, n).astype(np.int32))
+
+    return from_arrays(split(info.train_size if train_size is None else train_size),
+                       split(info.test_size if test_size is None else test_size), name=f"synthetic_{like}",
+                       num_classes=info.num_classes, mean=info.mean, std=info.std, pad=info.pad)
