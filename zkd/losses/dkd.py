@@ -67,7 +67,11 @@ def dkd_terms(
     binary_s, log_q_s, _ = _decoupled_log_probs(s, is_target)
     binary_t, log_q_t, q_t = _decoupled_log_probs(v, is_target)
     tckd = kl_per_example(binary_t, binary_s)
-    nckd = kl_per_example(log_q_t, log_q_s, p_teacher=q_t)
+    # KL over the non-target classes, reusing q_t. The target's log-ratio (-inf - -inf) is zeroed
+    # before the product: left NaN, it reached the gradients (0 * NaN: in the temperature, say).
+    # Zero teacher probabilities add exactly 0 (torch.kl_div); a NaN one still poisons the loss.
+    ratio = jnp.where(is_target, 0.0, log_q_t - log_q_s)
+    nckd = jnp.sum(jnp.where(q_t == 0, 0.0, q_t * ratio), axis=-1)
 
     valid = _common.labels_valid(labels, num_classes) & (t > 0)
     scale = t**2
