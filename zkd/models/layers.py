@@ -155,8 +155,9 @@ def global_avg_pool(x):
 
 
 def classifier_output(logits):
-    """Logits are returned in float32 whatever the computation dtype (losses need the range)."""
-    return logits.astype(jnp.float32)
+    """Logits are returned in float32 at least whatever the computation dtype (losses need the
+    range; float64 stays float64)."""
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 class ConvBN(nn.Module):
