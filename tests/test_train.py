@@ -179,6 +179,40 @@ def test_several_steps_per_dispatch_take_the_single_steps(tmp_path, teacher_dir)
     assert not any(os.path.exists(os.path.join(d, "tensorboard")) for d in (one, three, resumed))
 
 
+def test_a_run_checkpointed_on_8_devices_resumes_on_4_to_the_same_result(tmp_path, teacher_dir, monkeypatch):
+    """config.num_devices may change on resume (zkd.workdir.RESUMABLE_CHANGES): a run preempted
+    mid-epoch on 8 devices, its checkpoint restored onto a 4-device mesh, ends where the
+    uninterrupted 8-device run ends (metrics and parameters within float32 roundoff)."""
+    from zkd import parallel
+
+    meshes, make_mesh = [], parallel.make_mesh
+    monkeypatch.setattr(parallel, "make_mesh", lambda n=None: meshes.append(n) or make_mesh(n))
+
+    def config(devices):
+        c = tiny_config("kd", True, teacher_dir, epochs=2, steps=3)
+        c.num_devices = devices
+        return c
+
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    with mock_cifar100():
+        train.train_and_evaluate(config(8), straight)
+        with pytest.raises(train.Preempted, match="after step 5"):
+            _fit_counting_dispatches(config(8), resumed, stop_after_dispatches=4)  # in epoch 2 (steps 3-5)
+        assert checkpoint.TrainingCheckpoints(resumed).latest_step() == 5
+        train.train_and_evaluate(config(4), resumed)
+    assert meshes == [8, 8, 4]
+    ma, mb = metrics_io.read_metrics(straight), metrics_io.read_metrics(resumed)
+    assert [(m["kind"], m["step"]) for m in ma] == [(m["kind"], m["step"]) for m in mb]
+    for x, y in zip(ma, mb):
+        assert set(x) == set(y)
+        for key in x:
+            if key != "images_per_second" and isinstance(x[key], float):
+                np.testing.assert_allclose(y[key], x[key], rtol=1e-5, atol=1e-7,
+                                           err_msg=f"{x['kind']} {x['step']} {key}")
+    for a, b in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(resumed))):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_several_steps_per_dispatch_need_device_resident_data(tmp_path, teacher_dir):
     c = tiny_config("kd", True, teacher_dir)
     c.steps_per_dispatch = 4

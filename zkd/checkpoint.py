@@ -77,12 +77,19 @@ def restore_variables(directory: str | os.PathLike) -> tuple[Any, dict]:
     return _restore_to_host(paths.join(directory, _VARIABLES)), metadata
 
 
+def _host_restore_args(tree: Any) -> Any:
+    """Restore arguments that read every array of a saved pytree (its metadata ``tree``) as a host
+    NumPy array. Without them orbax restores each array with the sharding it was saved with,
+    which names the devices of the run that wrote it: another process's, or devices that do not
+    exist here."""
+    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+
+
 def _restore_to_host(path: str) -> Any:
     """A saved pytree as host NumPy arrays, whatever devices wrote it (multi-host safe)."""
     with ocp.PyTreeCheckpointer() as checkpointer:
         tree = checkpointer.metadata(path).item_metadata.tree
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=_host_restore_args(tree)))
 
 
 # ----------------------------------------------------------------------------- training runs
@@ -215,7 +222,26 @@ def _manager(directory: str, keep_every_steps: int | None = None, for_reading: b
         best_fn=lambda metrics: metrics["top1"][0] if metrics.get("top1") else float("-inf"),
         best_mode="max", create=not for_reading, cleanup_tmp_directories=not for_reading,
     )
+    if for_reading:
+        return _reading_manager(directory, options)
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+
+
+def _reading_manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    """A manager that knows its items' handlers before any restore, so that their metadata can
+    be read (``_restore_state_to_host``)."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add("state", ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler)
+    registry.add("meta", ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
+    return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
+
+
+def _restore_state_to_host(manager: ocp.CheckpointManager, step: int) -> Any:
+    """Item "state" of ``step`` (of a ``_reading_manager``) as host NumPy arrays, whatever devices
+    wrote it: every process of a multi-host run can read it."""
+    restore_args = _host_restore_args(manager.item_metadata(step)["state"].tree)
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=restore_args))
+    return manager.restore(step, args=args)["state"]
 
 
 class TrainingCheckpoints:
@@ -355,10 +381,10 @@ def restore_best_student(workdir: str) -> dict | None:
         best = _first_best([i for i in infos if i.metrics is not None], index) if infos else None
         if best is None:
             return None
-        restored = manager.restore(best.step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        state = _restore_state_to_host(manager, best.step)
     finally:
         manager.close()
-    return _student_variables(restored["state"]["students"][index])
+    return _student_variables(state["students"][index])
 
 
 def write_sweep_member(student_dir: str, sweep_workdir: str, index: int, name: str) -> None:
@@ -369,13 +395,12 @@ def write_sweep_member(student_dir: str, sweep_workdir: str, index: int, name: s
 
 
 def _restore_old_best(directory: str) -> dict | None:
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
-                                    item_names=("state", "meta"))
+    manager = _reading_manager(directory, ocp.CheckpointManagerOptions(create=False))
     try:
         step = manager.latest_step()
         if step is None:
             return None
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        state = _restore_state_to_host(manager, step)
     finally:
         manager.close()
-    return _student_variables(restored["state"])
+    return _student_variables(state)
