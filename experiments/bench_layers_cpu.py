@@ -7,12 +7,16 @@ resnet8x4 widths 64/128/256 at 32/16/8 pixels) and their training-mode BatchNorm
 the forward pass and of forward + backward (``jax.grad`` of ``sum(y^2)`` w.r.t. input and
 weights), compiled (1) with XLA's CPU defaults, (2) with zkd's options (``zkd.xla_options``: no
 YNNPACK convolutions), next to (3) PyTorch eager on the same tensors (NCHW, its default threads).
-BatchNorm: ``flax.linen.BatchNorm`` (reductions) vs ``zkd.models.batchnorm.BatchNorm`` (products),
-both under zkd's options. Median of --iters calls after two warm-up calls. Findings:
+BatchNorm, all under zkd's options: ``flax.linen.BatchNorm`` (reductions),
+``zkd.models.batchnorm.BatchNorm`` (per-example sums, then an exact fixed-point sum over the batch:
+the same statistics on any device count, docs/parallelism.md) and, as the baseline it replaced,
+the same module with each batch sum a product with a vector of ones (``ones[N] @ x[N, C]``, zkd's
+formulation until 2026-12-07, whose rounding depended on the device count). Median of --iters calls after two warm-up calls. Findings:
 docs/performance.md.
 """
 
 import argparse
+import contextlib
 import os
 import time
 
@@ -22,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zkd import xla_options
+from zkd.models import batchnorm
 from zkd.models.batchnorm import BatchNorm
 
 CONVS = [(64, 32, 16, 16), (64, 16, 32, 32), (64, 8, 64, 64), (64, 32, 64, 64), (64, 16, 128, 128), (64, 8, 256, 256)]
@@ -64,6 +69,24 @@ def torch_conv_ms(x, w, iters):
     return median_ms(fwd, iters), median_ms(both, iters)
 
 
+def ones_product_sum(x):
+    """The previous batch sum: ``ones[N] @ x[N, C]`` over all B x H x W positions, float32 [C]."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return jnp.dot(jnp.ones((x2.shape[0],), x2.dtype), x2, precision=jax.lax.Precision.HIGHEST,
+                   preferred_element_type=jnp.float32)
+
+
+@contextlib.contextmanager
+def ones_product_batchnorm():
+    """zkd's BatchNorm traced with the previous batch sums (the module looks ``batch_sum`` up when traced)."""
+    exact = batchnorm.batch_sum
+    batchnorm.batch_sum = ones_product_sum
+    try:
+        yield
+    finally:
+        batchnorm.batch_sum = exact
+
+
 def bn_ms(module, x, options, iters):
     variables = module.init(jax.random.key(0), x)
 
@@ -94,13 +117,15 @@ def main():
         fz, bz = jax_conv_ms(x, w, ours, args.iters)
         ft, bt = torch_conv_ms(x, w, args.iters)
         print(f"{str((b, hw, cin, cout)):30s} {fx:8.1f} {fz:8.1f} {ft:9.1f} {bx:8.1f} {bz:8.1f} {bt:9.1f}", flush=True)
-    print(f"\n{'BatchNorm + ReLU fwd+bwd (B, HW, C)':36s} {'flax':>8s} {'zkd':>8s}")
+    print(f"\n{'BatchNorm + ReLU fwd+bwd (B, HW, C)':36s} {'flax':>8s} {'zkd':>8s} {'ones-product (before)':>22s}")
     for b, hw, _, c in CONVS:
         x = jnp.asarray(rng.standard_normal((b, hw, hw, c)), jnp.float32)
         flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, use_fast_variance=False)
         zkd_bn = BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
-        print(f"{str((b, hw, c)):36s} {bn_ms(flax_bn, x, ours, args.iters):8.2f} {bn_ms(zkd_bn, x, ours, args.iters):8.2f}",
-              flush=True)
+        flax_ms, zkd_ms = bn_ms(flax_bn, x, ours, args.iters), bn_ms(zkd_bn, x, ours, args.iters)
+        with ones_product_batchnorm():
+            before_ms = bn_ms(zkd_bn, x, ours, args.iters)
+        print(f"{str((b, hw, c)):36s} {flax_ms:8.2f} {zkd_ms:8.2f} {before_ms:22.2f}", flush=True)
 
 
 if __name__ == "__main__":

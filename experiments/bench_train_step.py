@@ -20,6 +20,9 @@ compiled into one dispatch (``config.steps_per_dispatch``), in the same rounds.
 teacher's forward pass (eval mode) and the student's training step on cross-entropy alone
 (forward, backward, SGD update), zkd's compiled as zkd compiles them, PyTorch's as above; it says
 which part of the step the gap to PyTorch sits in (with --profile, each part's profile too).
+``--batchnorm_baseline`` also times zkd's default step with the BatchNorm batch sums it used until
+2026-12-07 (products with a ones vector, whose rounding depended on the device count;
+docs/parallelism.md), in the same rounds.
 Against the hardware: each step's FLOP/s (XLA's count of zkd's compiled step, per image, times the
 img/s; PyTorch's step does the same computation) as a share of what one large matrix product
 attains on the device, and of ``--peak_tflops`` when given (the data sheet's peak for --dtype).
@@ -307,6 +310,8 @@ def main():
     parser.add_argument("--steps_per_dispatch", default="",
                         help="also time zkd on device-resident synthetic CIFAR-size data with these steps per "
                              "dispatch (comma-separated, e.g. 1,10; config.steps_per_dispatch), default preset")
+    parser.add_argument("--batchnorm_baseline", action="store_true",
+                        help="also time the default step with BatchNorm's previous (ones-vector product) sums")
     parser.add_argument("--peak_tflops", type=float, default=0.0,
                         help="the device's peak TFLOP/s in --dtype (its data sheet's), to report the step's share of it")
     args = parser.parse_args()
@@ -330,6 +335,11 @@ def main():
             for k in resident:
                 steps[("resident", k)] = resident_step(teacher, student, batch, args.warmup, args.dtype,
                                                        presets[-1], k, cifar_sized)
+            if args.batchnorm_baseline:
+                from bench_layers_cpu import ones_product_batchnorm  # experiments/, this script's folder
+
+                with ones_product_batchnorm():  # traced during the warm-up steps
+                    steps[("ones-BN",)] = zkd_step(teacher, student, batch, args.warmup, args.dtype, presets[-1])
             if not args.no_torch:
                 steps["torch"] = torch_step(teacher, student, batch, args.warmup)
             contestants = [c for c in steps if not isinstance(c, tuple)]
@@ -348,6 +358,9 @@ def main():
             if resident:
                 print(f"  zkd[{presets[-1]}] on device-resident data (augmented in the step), steps per dispatch: "
                       + ", ".join(f"x{k} {ips[('resident', k)]:.0f} img/s" for k in resident), flush=True)
+            if args.batchnorm_baseline:
+                print(f"  zkd[{presets[-1]}] with BatchNorm's previous ones-vector sums: "
+                      f"{ips[('ones-BN',)]:.0f} img/s (current sums {ours:.0f})", flush=True)
             if args.components:
                 print(parts_table(ips, contestants, batch), flush=True)
             if args.profile:
