@@ -198,21 +198,6 @@ def test_dkd_warmup_scales_the_loss_by_epoch():
     np.testing.assert_allclose(float(m10["dkd"]), 10 * float(m1["dkd"]), rtol=1e-5)
 
 
-def test_four_devices_match_one_device_for_the_same_global_batch():
-    c = recipes.cifar_distillation("kd", "resnet8", "resnet8", True)
-    results = []
-    for n in (1, 4):  # one device: the step of test_each_method_steps_with_finite_metrics[True-kd]
-        run, settings = _build(c, steps_per_epoch=1, mesh=parallel.make_mesh(n))
-        state = run.state
-        for i in range(3):
-            state, m = _step(run, state, _batch(settings, batch=8, seed=i))  # 2 examples per device
-        s = state.students[0]
-        results.append((jax.tree.map(np.asarray, (s.params, s.batch_stats)), float(m["loss"])))
-    (p1, l1), (p4, l4) = results
-    np.testing.assert_allclose(l4, l1, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p4, p1)
-
-
 def test_bfloat16_computation_keeps_float32_parameters_and_losses():
     c = recipes.cifar_distillation("kd", "resnet8", "resnet8", True)
     with c.unlocked():
