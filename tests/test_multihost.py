@@ -75,14 +75,22 @@ def _assert_all_succeeded(procs, outs, what=""):
     assert not failed, what + "".join(f"\n--- process {pid} (exit status {rc}):\n{o[-2500:]}" for pid, rc, o in failed)
 
 
+# The gradient norm is the one metric with a wider tolerance: between 1 process x 4 devices and
+# 2 x 2 it differs by up to 2.1e-4 from the fourth step on (7e-5 with the BatchNorm before its
+# exact batch sums too) while losses agree to 1e-6 and parameter norms exactly: a one-term change
+# of the gradient where a ReLU input lies within roundoff of zero (docs/parallelism.md).
+TOLERANCE = {"grad_norm": 1e-3}
+
+
 def _assert_same_metrics(one_workdir, two_workdir, what=""):
-    """The metrics of two runs agree (kinds in order; the losses, accuracies and norms to 2e-4)."""
+    """The metrics of two runs agree (kinds in order; the losses, accuracies and norms to 2e-4,
+    the gradient norm to TOLERANCE)."""
     one, two = metrics_io.read_metrics(one_workdir), metrics_io.read_metrics(two_workdir)
     assert [r["kind"] for r in one] == [r["kind"] for r in two], what
     for a, b in zip(one, two):
         for key in ("loss", "top1", "count", "grad_norm", "param_norm", "agreement"):
             if key in a:
-                np.testing.assert_allclose(b[key], a[key], rtol=2e-4,
+                np.testing.assert_allclose(b[key], a[key], rtol=TOLERANCE.get(key, 2e-4),
                                            err_msg=f"{what} {a['kind']} step {a['step']} {key}")
 
 
