@@ -1,4 +1,8 @@
-"""Orbax I/O for model variables: the one module that knows the orbax API.
+"""Orbax checkpoints: the one module that knows the orbax API.
+
+It owns two kinds: a model's variables (a teacher, a converted PyTorch file) and a training
+run's checkpoints (``TrainingCheckpoints``: every student's state in ``<workdir>/checkpoints``,
+one orbax manager), and reading a run's best student back (``restore_best_student``).
 
 A variables checkpoint is a directory holding
 
@@ -129,8 +133,8 @@ def _os_error(err: BaseException) -> OSError | None:
 
 
 def write_error_message(directory: str, err: OSError, resume_step: int | None) -> str:
-    """What failed while writing a checkpoint into ``directory`` (a run's ``checkpoints/`` or
-    ``best/``), and how to go on; ``resume_step`` is the run's latest complete checkpoint."""
+    """What failed while writing a checkpoint into ``directory`` (a run's ``checkpoints/``), and
+    how to go on; ``resume_step`` is the run's latest complete checkpoint."""
     what, fix = {
         errno.ENOSPC: ("no space left on the disk", "Free space on that disk"),
         errno.EDQUOT: ("the disk quota is used up", "Free space within the quota"),
@@ -360,7 +364,7 @@ def restore_best_student(workdir: str) -> dict | None:
 
     ``workdir`` may be a single run, or one student directory of a sweep (its
     ``sweep_member.json`` names the sweep's checkpoints and the student's index there).
-    Runs written before zkd kept one checkpoint manager (a ``best/`` folder) are read too.
+    A run in the older layout (its best checkpoint in a separate ``best/`` folder) is read too.
     """
     workdir = paths.absolute(workdir)
     index = 0

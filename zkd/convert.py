@@ -29,7 +29,7 @@ mdistiller/CRD teacher files (``{"model": state_dict, ...}``), the pycls files o
 ``tiny-transformers/`` students (``{"model_state": state_dict, ...}``, e.g. ``model.pyth``) and
 torchvision state dicts. The command ::
 
-    python -m zkd.convert --checkpoint resnet32x4_vanilla/ckpt_epoch_240.pth \
+    python -m zkd.convert --checkpoint resnet32x4_vanilla/ckpt_epoch_240.pth \\
         --model resnet32x4 --num_classes 100 --output teachers/resnet32x4
 
 writes an orbax variables directory (``zkd.checkpoint``) a training config can name as its

@@ -143,8 +143,8 @@ def content_hash(teacher_name: str, teacher_variables: Any, images: np.ndarray, 
     Covers: the format version; the teacher's name; every leaf of ``teacher_variables`` in
     JAX's canonical tree order (sorted dict keys) as (path, dtype, shape, bytes); the uint8
     images [N, H, W, C] and labels [N] (as int32); the dataset's name, pad and normalization
-    mean / std. Any changed weight, pixel or label gives another hash. Hashing CIFAR's 150 MB
-    takes about a second.
+    mean / std. Any changed weight, pixel or label gives another hash. One pass over the bytes,
+    cheap next to training, so every run that opens a cache recomputes it.
     """
     info = get_info(dataset)
     images, labels = _check_arrays(images, labels, info)

@@ -5,7 +5,7 @@ there ``metrics.jsonl`` is kept in memory and uploaded whole after each record (
 replaces the object at once: a reader sees every record up to some write); TensorBoard writes
 its event file into a local temporary directory, and the file is uploaded to
 ``workdir/tensorboard/`` after each flush and at ``close``. A local workdir is appended to in
-place, as always.
+place.
 """
 
 from __future__ import annotations

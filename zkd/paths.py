@@ -1,7 +1,7 @@
 """Paths a user gives zkd: local files, or objects in a bucket (``gs://bucket/dir``).
 
 The one module that knows path backends. Every helper takes a ``str`` or ``os.PathLike``; a
-local path goes through ``os`` / ``open`` exactly as before, a URL (``gs://``, and etils'
+local path goes through ``os`` / ``open``, a URL (``gs://``, and etils'
 other schemes, untested) through ``etils.epath``, as orbax and TFDS do.
 
 Backend: for ``gs://`` etils.epath uses fsspec's ``gcsfs``, not TensorFlow's ``tf.io.gfile``:

@@ -4,7 +4,7 @@
 - a directory written by ``python -m zkd.convert`` (``metadata.json`` + ``variables/``);
 - a PyTorch file (``.pth``/``.pt``/``.tar``), official mdistiller teacher or torchvision
   weights, converted on the fly (needs torch);
-- the workdir of a zkd teacher run (``config.json`` + ``best/``): its best checkpoint.
+- the workdir of a zkd teacher run (``config.json`` + ``checkpoints/``): its best checkpoint.
 Any of them may be in a bucket (``gs://...``, zkd.paths).
 Whatever the source, the variables are checked against the architecture the config names
 (tree, shapes, num_classes) before training starts.

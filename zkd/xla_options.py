@@ -1,22 +1,26 @@
 """XLA compiler options zkd passes to the programs it compiles (train, eval and teacher-logit steps).
 
+Owns the CPU presets and the choice between them; nothing global changes (the options go to
+each program through ``jax.jit(..., compiler_options=...)``).
+
 On CPU, jaxlib 0.10's XLA hands every convolution, and every dot, to the YNNPACK library by
-default. For the convolutions of the CIFAR networks that is the slow choice, and for their
-backward passes by a factor of about two: the weight gradient of a 3x3 convolution becomes a
-YNNPACK convolution with a 32x32 window. XLA's own convolutions (Eigen) are faster in both
-directions on the machines measured (docs/performance.md, ``experiments/bench_train_step.py``), so
-on CPU zkd compiles its steps with YNNPACK kept for dots and elementwise fusions but not for
-standalone convolutions (YNNPACK still absorbs a convolution of more than 16 channels into an
-elementwise fusion that consumes it; no option of jaxlib 0.10 prevents that). The numbers are the same up to float32 roundoff (a different summation order
+default. For the convolutions of the CIFAR networks that is the slow choice, above all in their
+backward passes: the weight gradient of a 3x3 convolution becomes a YNNPACK convolution with a
+32x32 window. XLA's own convolutions (Eigen) are faster in both directions (figures and
+commands: docs/performance.md), so on CPU zkd compiles its steps with YNNPACK kept for dots and
+elementwise fusions but not for standalone convolutions (YNNPACK still absorbs a convolution of
+more than 16 channels into an elementwise fusion that consumes it; no option of jaxlib 0.10
+prevents that). The numbers are the same up to float32 roundoff (a different summation order
 inside the convolutions); the PyTorch parity tests pass either way.
 
 Only programs on CPU devices get options; GPU and TPU compilations are left alone. The choice can
 be overridden:
 
-- ``ZKD_XLA_CPU_OPTIONS=xla`` compiles with XLA's defaults (what zkd did before), e.g. to compare;
-- ``ZKD_XLA_CPU_OPTIONS=dots`` keeps YNNPACK for dots only (elementwise fusions by XLA): faster
-  for wide networks (resnet32x4 -> resnet8x4, +12%), slower for thin ones (resnet56 -> resnet20,
-  -13%) than the default, which keeps YNNPACK's elementwise fusions too;
+- ``ZKD_XLA_CPU_OPTIONS=xla`` compiles with XLA's defaults, e.g. to compare;
+- ``ZKD_XLA_CPU_OPTIONS=dots`` keeps YNNPACK for dots only (elementwise fusions by XLA): better
+  for some pairs (wide networks such as resnet32x4 -> resnet8x4), worse for others (thin ones
+  such as resnet56 -> resnet20) than the default, which keeps YNNPACK's elementwise fusions too;
+  no simple rule predicts which (docs/performance.md);
 - a ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` is the user's choice and wins: zkd
   then passes nothing.
 """

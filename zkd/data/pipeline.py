@@ -393,11 +393,11 @@ def _without_autotune() -> tf.data.Options:
     With autotuning on, deleting an iterator that has not reached its end (every run that stops
     mid-epoch: the end of training, a preemption, ``train_steps`` below an epoch) blocks until
     tf.data's autotuning thread is joined, and that thread sleeps between its optimization
-    rounds, up to a minute apart: 19 s at the end of the README's teacher run, up to 57 s in shorter runs
-    (py-spy: ``RootDataset::Iterator::~Iterator`` waiting on the thread). This pipeline does not
-    need the tuning: its map runs at one call per core and its output is far ahead of any
-    training step (Fashion-MNIST batches of 128: ~145,000 img/s without autotuning, ~107,000
-    with), and the batches are the same either way (stateless seeds, deterministic order).
+    rounds, up to a minute apart, so a run could stall at its end (py-spy:
+    ``RootDataset::Iterator::~Iterator`` waiting on the thread; docs/performance.md). This
+    pipeline does not need the tuning: its map runs at one call per core and its output stays
+    far ahead of any training step without it, and the batches are the same either way
+    (stateless seeds, deterministic order).
     """
     options = tf.data.Options()
     options.autotune.enabled = False

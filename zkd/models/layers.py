@@ -55,10 +55,8 @@ class GroupedConv(nn.Module):
     feature_group_count=groups)``: the same parameters (``kernel`` [k, k, C_in / groups, features],
     ``bias`` [features]) and initialisation, and on accelerators the same computation.
 
-    On CPU, XLA's grouped convolutions are 5-10x slower than the same arithmetic written out
-    (batch 64, forward + backward: a 3x3 depthwise convolution on [64, 32, 32, 96] 1210 against
-    194 ms, a 1x1 convolution of 3 groups on [64, 16, 16, 240] 231 against 22 ms), so there a
-    depthwise convolution (groups = C_in = features) is the sum of its k x k shifted, strided
+    On CPU, XLA runs grouped convolutions far slower than the same arithmetic written out
+    (figures: docs/performance.md), so there a depthwise convolution (groups = C_in = features) is the sum of its k x k shifted, strided
     views of the zero-padded input times the per-channel taps, and a 1x1 grouped convolution one
     batched product over the groups. Both agree with XLA's grouped convolution to float32
     roundoff (tests/test_models_mobile.py checks values and gradients, and the models against
