@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.train_fixtures import mock_cifar100, save_random_teacher, tiny_config
-from zkd import checkpoint, data, engine, metrics_io, models, parallel, recipes, sweep, train
+from zkd import checkpoint, data, engine, methods, metrics_io, models, parallel, recipes, sweep, train
 from zkd import step as step_lib
 
 
@@ -64,7 +64,7 @@ def test_grid_is_the_cartesian_product_with_single_run_configs():
     with pytest.raises(AttributeError):
         p.config.num_epochz = 1  # locked like any config
     seeds = sweep.grid_points(sweep_config(seed=(0, 7), logit_stand=(0, 1)))
-    assert [p.name for p in seeds] == ["ls0_seed0", "ls0_seed7", "ls1_seed0", "ls1_seed7"]  # SWEEP_AXES order
+    assert [p.name for p in seeds] == ["ls0_seed0", "ls0_seed7", "ls1_seed0", "ls1_seed7"]  # the method's axis order (zkd.methods.axes)
     assert seeds[1].config.seed == 7 and seeds[1].config.data_seed == 0 and seeds[1].config.logit_stand is False
 
 
@@ -137,7 +137,7 @@ def test_the_run_step_runs_the_teacher_once_for_all_students():
     assert calls == [(8, 32, 32, 3)]  # traced once, for three students
     assert len(metrics) == 3 and all(np.isfinite(m["loss"]) for m in metrics)
     assert [int(s.step) for s in new_state.students] == [1, 1, 1]
-    assert [s.temperature for s in run.settings] == [2.0, 3.0, 4.0]
+    assert [s.hparams.temperature for s in run.settings] == [2.0, 3.0, 4.0]
     # The teacher's variables are shared, not one copy per student.
     assert jax.tree.leaves(new_state.teacher_variables)[0].shape == jax.tree.leaves(run.teacher_variables)[0].shape
 
@@ -177,14 +177,14 @@ def test_mixed_logit_stand_selects_per_student():
     k = jax.random.split(jax.random.key(3), 3)
     z, v = jax.random.normal(k[0], (6, 10)) * 3, jax.random.normal(k[1], (6, 10)) * 5
     labels = jax.random.randint(k[2], (6,), 0, 10)
-    base = step_lib.StepSettings("kd", 10, lambda s: 0.1, logit_stand=None, temperature=2.0, kd_weight=9.0)
-    hp = step_lib.LossHParams(ce_weight=jnp.array([0.1, 0.1]), kd_weight=jnp.array([9.0, 9.0]),
-                              temperature=jnp.array([2.0, 2.0]), dkd_alpha=jnp.ones(2), dkd_beta=jnp.ones(2),
-                              logit_stand=jnp.array([True, False]))
-    terms = jax.vmap(lambda h: step_lib.loss_terms(base, None, z, v, labels, 1.0, h))(hp)
+    base = step_lib.StepSettings("kd", 10, lambda s: 0.1, logit_stand=None)
+    hp = methods.KD.HParams(ce_weight=jnp.array([0.1, 0.1]), kd_weight=jnp.array([9.0, 9.0]),
+                            temperature=jnp.array([2.0, 2.0]))
+    flags = jnp.array([True, False])
+    terms = jax.vmap(lambda h, ls: step_lib.loss_terms(base, None, z, v, labels, 1.0, h, logit_stand=ls))(hp, flags)
     for i, ls in enumerate((True, False)):
-        single = step_lib.StepSettings("kd", 10, lambda s: 0.1, logit_stand=ls, temperature=2.0, kd_weight=9.0,
-                                       ce_weight=0.1)
+        single = step_lib.StepSettings("kd", 10, lambda s: 0.1, logit_stand=ls,
+                                       hparams=methods.KD.HParams(temperature=2.0, kd_weight=9.0, ce_weight=0.1))
         expected = step_lib.loss_terms(single, None, z, v, labels, 1.0)
         np.testing.assert_allclose(terms["kd"][i], expected["kd"], rtol=1e-6)
         np.testing.assert_allclose(terms["ce"][i], expected["ce"], rtol=1e-6)

@@ -12,7 +12,7 @@ import torch
 
 from tests.test_step import _load_config
 from tests.train_fixtures import mock_cifar100, save_random_teacher, synthetic_split
-from zkd import data, engine, losses, recipes, step, train
+from zkd import data, engine, losses, methods, recipes, step, train
 from zkd.data import pipeline
 
 
@@ -47,7 +47,8 @@ def test_kd_distils_into_the_sown_head_and_ce_stays_on_the_output():
     rng = np.random.default_rng(1)
     out, distill, teacher = (jnp.asarray(rng.standard_normal((4, 10)), jnp.float32) for _ in range(3))
     labels = jnp.arange(4)
-    s = step.StepSettings("kd", 1, lambda i: 0.1, True, 0.5, 10.0, 3.0, kd_logits="distill_logits")
+    hp = methods.KD.HParams(ce_weight=0.5, kd_weight=10.0, temperature=3.0)
+    s = step.StepSettings("kd", 1, lambda i: 0.1, True, hp, kd_logits="distill_logits")
     terms = step.loss_terms(s, None, out, teacher, labels, 1.0, kd_student_logits=distill)
     np.testing.assert_allclose(terms["kd"], 10.0 * losses.kd_loss(distill, teacher, 3.0, True), rtol=1e-6)
     np.testing.assert_allclose(terms["ce"], 0.5 * losses.cross_entropy(out, labels), rtol=1e-6)

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from zkd import data, grid, models, optim, parallel, recipes
+from zkd import data, grid, methods, models, optim, parallel, recipes
 from zkd import state as state_lib
 from zkd import step as step_lib
 from zkd.errors import ConfigError
@@ -78,13 +78,14 @@ def validate_config(config: ml_collections.ConfigDict, info: Optional[data.Datas
 
     ``info``: the dataset's, when the caller has it (arrays in memory); default ``dataset_info``.
     ``teacher_given``: the teacher comes from Python (``build(teacher=...)``), not ``config.teacher``."""
-    if config.method not in step_lib.METHODS:
-        raise ConfigError(f"config.method={config.method!r}; valid: {', '.join(step_lib.METHODS)}")
+    method = methods.from_config(config)  # the method's own checks too
+    if method.views not in (1, 2):
+        raise ConfigError(f"method {config.method!r} asks for {method.views} views; the data pipelines give 1 or 2")
     info = dataset_info(config) if info is None else info
     if config.dtype not in DTYPES:
         raise ConfigError(f"config.dtype={config.dtype!r}; valid: {', '.join(DTYPES)}")
     for role in ("student", "teacher"):
-        if role == "teacher" and (config.method == "ce" or teacher_given):
+        if role == "teacher" and (not method.needs_teacher or teacher_given):
             continue
         sub = config[role]
         if sub.zoo not in models.ZOOS:
@@ -96,13 +97,12 @@ def validate_config(config: ml_collections.ConfigDict, info: Optional[data.Datas
         names = models.available(sub.zoo)
         if sub.name not in names:
             raise ConfigError(f"config.{role}.name={sub.name!r} is not a {sub.zoo} model; valid: {', '.join(names)}")
-    if config.loss.mlkd_mode not in ("released", "paper"):
-        raise ConfigError(f"config.loss.mlkd_mode={config.loss.mlkd_mode!r}; valid: released, paper")
     if config.sweep.vectorize not in step_lib.VECTORIZE:
         raise ConfigError(f"config.sweep.vectorize={config.sweep.vectorize!r}; valid: {', '.join(step_lib.VECTORIZE)}")
     if config.device_resident_data:
-        if config.method == "mlkd":
-            raise ConfigError("config.device_resident_data does not support MLKD (its strong view is a tf.data op)")
+        if method.views > 1:
+            raise ConfigError(f"config.device_resident_data serves one view; method {config.method!r} sees two "
+                              "(the strong view is a tf.data op)")
         if not info.in_memory:
             raise ConfigError(f"config.device_resident_data needs a small dataset, not {config.dataset!r}")
         if config.get("augmentation", "") not in ("", data.pipeline.CROP_FLIP):
@@ -117,8 +117,8 @@ def validate_config(config: ml_collections.ConfigDict, info: Optional[data.Datas
                           "gathers its batches from device-resident data: set config.device_resident_data=True "
                           "(in-memory datasets) or config.steps_per_dispatch=1")
     if config.teacher.get("logit_cache", ""):
-        why = ("MLKD's two views (its strong view is not a crop/flip)" if config.method == "mlkd" else
-               "a method without a teacher" if config.method == "ce" else
+        why = (f"method {config.method!r}'s two views (the strong view is not a crop/flip)" if method.views > 1 else
+               "a method without a teacher" if not method.needs_teacher else
                "device-resident data" if config.device_resident_data else
                f"{config.dataset} (not an in-memory, crop/flip-augmented dataset)"
                if not info.in_memory else
@@ -128,10 +128,10 @@ def validate_config(config: ml_collections.ConfigDict, info: Optional[data.Datas
     for field in ("num_epochs", "batch_size", "eval_batch_size"):
         if config[field] < 1:
             raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
-    _validate_input_sizes(config, info)
+    _validate_input_sizes(config, info, method)
 
 
-def _validate_input_sizes(config, info: data.DatasetInfo) -> None:
+def _validate_input_sizes(config, info: data.DatasetInfo, method: methods.Method) -> None:
     """The views: student / teacher input sizes, augmentation, KD head."""
     student_size, teacher_size = config.get("student_input_size", 0), config.get("teacher_input_size", 0)
     augmentation = config.get("augmentation", "")
@@ -146,7 +146,7 @@ def _validate_input_sizes(config, info: data.DatasetInfo) -> None:
                           "(its default '' is the random-resized crop; 'none' turns augmentation off)")
     own_view = augmentation in ("", p.CROP_FLIP) or (not info.in_memory and augmentation == p.RRC)
     if student_size or not own_view:
-        why = ("MLKD's two views" if config.method == "mlkd" else
+        why = (f"method {config.method!r}'s two views" if method.views > 1 else
                "device-resident data" if config.device_resident_data else
                "a teacher-logit cache" if config.teacher.get("logit_cache", "") else
                f"{config.dataset} (a streamed dataset)" if not info.in_memory and (
@@ -158,8 +158,10 @@ def _validate_input_sizes(config, info: data.DatasetInfo) -> None:
         raise ConfigError(f"config.student.options.img_size={img_size} but config.student_input_size={student_size}: "
                           "the student would not get the images it is built for; set both")
     kd_logits = config.loss.get("kd_logits", "")
-    if kd_logits and config.method not in ("kd", "ctkd"):
-        raise ConfigError(f"config.loss.kd_logits={kd_logits!r} serves methods kd and ctkd, not {config.method!r}")
+    if kd_logits and not method.distils_sown_logits:
+        serving = [m for m in methods.available() if methods.get(m).distils_sown_logits]
+        raise ConfigError(f"config.loss.kd_logits={kd_logits!r} serves methods {' and '.join(serving)}, "
+                          f"not {config.method!r}")
 
 
 def student_options(config) -> dict:
@@ -218,13 +220,12 @@ def make_optimizer(config, steps_per_epoch: int):
 
 def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.StepSettings:
     """The static settings of one student's step, from its (single-run) config."""
-    l = config.loss
+    method = methods.from_config(config)
     return step_lib.StepSettings(
-        method=config.method, steps_per_epoch=steps_per_epoch, learning_rate_fn=learning_rate_fn,
-        logit_stand=bool(config.logit_stand), ce_weight=float(l.ce_weight), kd_weight=float(l.kd_weight),
-        temperature=float(l.temperature), dkd_alpha=float(l.dkd_alpha), dkd_beta=float(l.dkd_beta),
-        dkd_warmup_epochs=float(l.dkd_warmup_epochs), mlkd_mode=l.mlkd_mode,
-        teacher_input_size=int(config.get("teacher_input_size", 0)), kd_logits=l.get("kd_logits", ""),
+        method=method, steps_per_epoch=steps_per_epoch, learning_rate_fn=learning_rate_fn,
+        logit_stand=bool(config.logit_stand) and method.uses_logit_stand,
+        hparams=methods.hparams_from_config(config, method),
+        teacher_input_size=int(config.teacher_input_size), kd_logits=config.loss.kd_logits,
     )
 
 
@@ -427,8 +428,9 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
 
     student_shape = student_image_shape(config, info)
     student = models.build_model(config.student, info.num_classes, dtype, "student", input_shape=student_shape)
+    method = methods.from_config(config)
     teacher_model, teacher_variables = None, None
-    if config.method != "ce":
+    if method.needs_teacher:
         teacher_shape = teacher_image_shape(config, info)
         teacher_model, teacher_variables = (
             teacher_lib.from_python(teacher, info.num_classes, teacher_shape) if teacher is not None
@@ -441,7 +443,9 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
         init_key, train_key = jax.random.split(jax.random.key(p.config.seed))
 
         def create(key):
-            return state_lib.create_train_state(key, student, student_shape, tx, ctkd=config.method == "ctkd")
+            extra = method.init_params()
+            return state_lib.create_train_state(key, student, student_shape, tx,
+                                                method_params={method.name: extra} if extra else None)
 
         students.append(jax.eval_shape(create, init_key) if abstract else create(init_key))
         keys.append(train_key)

@@ -1,7 +1,8 @@
 """A run's students: the grid points of ``config.sweep`` (or the one point of a single run).
 
-A sweep trains several students in one run, from its non-empty axes (temperature, kd_weight,
-ce_weight, dkd_alpha, dkd_beta, logit_stand, seed) and ``config.sweep.mode``:
+A sweep trains several students in one run, from the non-empty axes of ``config.sweep`` (the
+method's numeric hyper-parameters, ``logit_stand`` when LS changes its loss, and ``seed``:
+``zkd.methods.axes``; an axis the method does not have is refused) and ``config.sweep.mode``:
 
 - "product" (default): every point of the axes' Cartesian product (the authors' tuning grid,
   e.g. temperature (2, 3) x kd_weight (3, 6, 9, 12, 15): 10 students);
@@ -23,21 +24,27 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from zkd import recipes
+from zkd import methods, recipes
 from zkd.errors import ConfigError
 
-# Which axes change what each method computes (an axis a method ignores is refused).
-AXES_OF_METHOD = {
-    "ce": ("ce_weight", "seed"),
-    "kd": ("temperature", "kd_weight", "ce_weight", "logit_stand", "seed"),
-    "dkd": ("temperature", "ce_weight", "dkd_alpha", "dkd_beta", "logit_stand", "seed"),
-    "mlkd": ("temperature", "kd_weight", "ce_weight", "logit_stand", "seed"),
-    "ctkd": ("kd_weight", "ce_weight", "logit_stand", "seed"),
-}
-LABELS = {"temperature": "T", "kd_weight": "kd", "ce_weight": "ce", "dkd_alpha": "alpha", "dkd_beta": "beta",
-          "logit_stand": "ls", "seed": "seed"}
-LOSS_FIELDS = ("temperature", "kd_weight", "ce_weight", "dkd_alpha", "dkd_beta")
+RUN_AXES = {"logit_stand": "ls", "seed": "seed"}  # axes that are config fields, not the method's (with labels)
+SETTINGS = ("mode", "vectorize")  # config.sweep fields that are not axes
 MODES = ("product", "zip")
+
+
+def swept_axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """The non-empty axes of ``config.sweep``, {} for a single run: the method's axes in its
+    order (``zkd.methods.axes``; this order names the points), then any other."""
+    sweep = config.get("sweep")
+    if sweep is None:
+        return {}
+    names = [k for k in sweep.keys() if k not in SETTINGS]
+    try:
+        order = list(methods.axes(methods.get(config.method)))
+    except ConfigError:  # an unknown method is named when the run is built
+        order = []
+    names = [a for a in order if a in names] + [a for a in names if a not in order]
+    return {axis: tuple(sweep[axis]) for axis in names if len(sweep[axis])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +58,15 @@ class GridPoint:
 
 def single_point(config: ml_collections.ConfigDict) -> list[GridPoint]:
     """A single run as a grid of one point (refused when ``config.sweep`` sets an axis)."""
-    if recipes.swept_axes(config):
-        raise ConfigError(f"config.sweep sets {', '.join(recipes.swept_axes(config))}: a grid trains with "
+    if swept_axes(config):
+        raise ConfigError(f"config.sweep sets {', '.join(swept_axes(config))}: a grid trains with "
                           "zkd.sweep.train_sweep (the zkd command chooses it); clear config.sweep for one run")
     return [GridPoint("", {}, config)]
 
 
-def checked_value(axis: str, value: Any):
-    """``value`` of sweep axis ``axis`` as its type (bool, int or float); ConfigError if invalid."""
+def checked_value(axis: str, value: Any, positive: bool = False):
+    """``value`` of sweep axis ``axis`` as its type (bool, int or float); ConfigError if invalid.
+    ``positive``: the method's field must be > 0 (else >= 0)."""
     if axis == "logit_stand":
         if value not in (0, 1, True, False):
             raise ConfigError(f"config.sweep.logit_stand values must be 0/1 or booleans, got {value!r}")
@@ -69,8 +77,8 @@ def checked_value(axis: str, value: Any):
         return int(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
         raise ConfigError(f"config.sweep.{axis} values must be finite numbers, got {value!r}")
-    if axis == "temperature" and value <= 0:
-        raise ConfigError(f"config.sweep.temperature values must be > 0, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"config.sweep.{axis} values must be > 0, got {value!r}")
     if value < 0:
         raise ConfigError(f"config.sweep.{axis} values must be >= 0, got {value!r}")
     return float(value)
@@ -87,20 +95,24 @@ def grid_points(config: ml_collections.ConfigDict) -> list[GridPoint]:
     Raises ConfigError for an axis the method ignores, a bad value, a repeated value (product),
     axes of different lengths or a repeated point (zip), or an unknown mode.
     """
-    axes = recipes.swept_axes(config)
+    axes = swept_axes(config)
     if not axes:
         raise ConfigError("config.sweep has no non-empty axis: nothing to sweep (train a single run)")
     mode = config.sweep.get("mode", "product")
     if mode not in MODES:
         raise ConfigError(f"config.sweep.mode={mode!r}; valid: {', '.join(MODES)} (product: every combination "
                           "of the axes; zip: the axes side by side, one student per position)")
-    allowed = AXES_OF_METHOD[config.method]
+    method = methods.get(config.method)
+    allowed = methods.axes(method)
+    fields = {f.name: f for f in methods.hparam_fields(method)}
+    labels = {**{name: methods.label(f) for name, f in fields.items()}, **RUN_AXES}
     checked = {}
     for axis, values in axes.items():
         if axis not in allowed:
             raise ConfigError(
                 f"config.sweep.{axis} has no effect on method {config.method!r}; it sweeps {', '.join(allowed)}")
-        checked[axis] = [checked_value(axis, v) for v in values]
+        positive = axis in fields and fields[axis].metadata.get("positive", False)
+        checked[axis] = [checked_value(axis, v, positive) for v in values]
         if mode == "product" and len(set(checked[axis])) != len(checked[axis]):
             raise ConfigError(f"config.sweep.{axis}={values!r} repeats a value")
     if mode == "zip":
@@ -126,18 +138,18 @@ def grid_points(config: ml_collections.ConfigDict) -> list[GridPoint]:
             c.sweep[axis] = ()
         c.data_seed = seed_of_data
         for axis, v in values.items():
-            if axis in LOSS_FIELDS:
-                c.loss[axis] = v
-            else:
+            if axis in RUN_AXES:
                 c[axis] = v
-        name = "_".join(f"{LABELS[axis]}{fmt(v)}" for axis, v in values.items())
+            else:
+                c.loss[axis] = v
+        name = "_".join(f"{labels[axis]}{fmt(v)}" for axis, v in values.items())
         points.append(GridPoint(name, values, recipes.finalize(c)))
     return points
 
 
 def points_of(config: ml_collections.ConfigDict) -> list[GridPoint]:
     """The grid of ``config.sweep``, or the single run's one point."""
-    return grid_points(config) if recipes.swept_axes(config) else single_point(config)
+    return grid_points(config) if swept_axes(config) else single_point(config)
 
 
 def ranking_table(points: list[GridPoint], summaries: list[dict]) -> str:

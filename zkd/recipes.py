@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import ml_collections
 
+from zkd import methods
+
 # Paper / official names -> zkd model names.
 ALIASES = {
     "R32x4": "resnet32x4", "R8x4": "resnet8x4", "R56": "resnet56", "R20": "resnet20",
@@ -145,7 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Every field a run reads, with CIFAR-100 defaults (docs/paper.md §4). Config files
     override fields; the returned dict is locked by ``finalize``, so misspelled overrides fail."""
     c = ml_collections.ConfigDict()
-    c.method = "ce"                  # ce | kd | dkd | mlkd | ctkd
+    # A zkd.methods name (ce | kd | dkd | mlkd | ctkd, or a method you registered) or
+    # "package.module:Class" (docs/methods.md).
+    c.method = "ce"
     c.logit_stand = False
     # dataset: a key of zkd.data.DATASETS, or "tfds:NAME" for any TFDS dataset prepared in data_dir
     # (an image folder: python -m zkd.data.prepare --folder; docs/data.md), read with config.data.
@@ -185,13 +189,10 @@ def base_config() -> ml_collections.ConfigDict:
     # averaged (instead of teacher.checkpoint).
     c.teacher = ml_collections.ConfigDict({"name": "", "zoo": "cifar", "checkpoint": "", "logit_cache": "",
                                            "factory": "", "options": {}, "ensemble": ()})
-    c.loss = ml_collections.ConfigDict({
-        "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0,
-        "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 20.0, "mlkd_mode": "released",
-        # "": KD on the student's output; "distill_logits": on the logits the student sows under that
-        # name (DeiT's distillation head), CE staying on the output (kd, ctkd).
-        "kd_logits": "",
-    })
+    # Every registered method's fields with their defaults (each method reads its own; zkd/methods/).
+    # kd_logits: "" distils into the student's output; "distill_logits" into the logits the student
+    # sows under that name (DeiT's distillation head), CE staying on the output (kd, ctkd).
+    c.loss = ml_collections.ConfigDict({**methods.config_fields(), "kd_logits": ""})
     # name: sgd | adamw; schedule: piecewise (lr_milestones, lr_decay) | cosine (warmup_epochs from
     # warmup_factor * learning_rate, then cosine to min_lr at num_epochs); zkd.engine.make_optimizer.
     # b1, b2, eps: AdamW's only; momentum: SGD's only.
@@ -214,8 +215,7 @@ def base_config() -> ml_collections.ConfigDict:
     # with --config.sweep.mode=zip the axes are read side by side (zkd.grid):
     # temperature="(4, 2)" kd_weight="(0.9, 9)" logit_stand="(0, 1)" gives KD and KD+LS.
     c.sweep = ml_collections.ConfigDict({
-        "temperature": (), "kd_weight": (), "ce_weight": (), "dkd_alpha": (), "dkd_beta": (),
-        "logit_stand": (), "seed": (),
+        **{field: () for field in methods.sweep_fields()}, "logit_stand": (), "seed": (),
         "mode": "product",      # product (every combination of the axes) | zip (side by side)
         "vectorize": "unroll",  # how the students' updates are batched: unroll | vmap (zkd.sweep)
     })
@@ -230,15 +230,11 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-SWEEP_AXES = ("temperature", "kd_weight", "ce_weight", "dkd_alpha", "dkd_beta", "logit_stand", "seed")
-
-
 def swept_axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
-    """The non-empty axes of ``config.sweep`` (in ``SWEEP_AXES`` order), {} for a single run."""
-    sweep = config.get("sweep")
-    if sweep is None:
-        return {}
-    return {axis: tuple(sweep[axis]) for axis in SWEEP_AXES if len(sweep[axis])}
+    """The non-empty axes of ``config.sweep``, {} for a single run (``zkd.grid.swept_axes``)."""
+    from zkd import grid
+
+    return grid.swept_axes(config)
 
 
 def data_seed(config: ml_collections.ConfigDict) -> int:

@@ -1,8 +1,9 @@
 """The train state: the student (params, BatchNorm statistics, optimizer state) and a frozen teacher.
 
-``params`` is a dict with the student's parameters under ``"student"`` and any learnable
-parameter of the method beside it (CTKD's global temperature under ``"ctkd"``), so one
-optimizer (with the same weight decay, as released) trains them together.
+``params`` is a dict with the student's parameters under ``"student"`` and any parameter the
+method learns beside it under the method's name (``zkd.methods.Method.init_params``: CTKD's
+global temperature under ``"ctkd"``), so one optimizer (with the same weight decay, as
+released) trains them together.
 
 The teacher's variables ride along in ``teacher_variables`` so the compiled step can use them,
 but they are never seen by the optimizer, never updated, and never checkpointed: they are
@@ -42,6 +43,7 @@ def create_train_state(
     teacher_model=None,
     teacher_variables=None,
     ctkd: bool = False,
+    method_params: Optional[dict] = None,
 ) -> TrainState:
     """Initialise the student from ``rng`` and attach the frozen teacher.
 
@@ -51,10 +53,12 @@ def create_train_state(
       input_shape: one example's (H, W, C).
       tx: the optimizer (``zkd.optim.torch_sgd``).
       teacher_model, teacher_variables: the teacher and its ``{"params", "batch_stats"}``.
-      ctkd: add CTKD's learnable global temperature parameter (initialised to 1.0).
+      ctkd: add CTKD's learnable global temperature parameter (initialised to 1.0); the same as
+        ``method_params={"ctkd": zkd.methods.CTKD().init_params()}``.
+      method_params: ``{method name: its learned parameters}`` beside the student's.
     """
     variables = student_model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
-    params = {"student": variables["params"]}
+    params = {"student": variables["params"], **(method_params or {})}
     if ctkd:
         params["ctkd"] = {"p": losses.init_temperature_param()}
     return TrainState.create(

@@ -1,39 +1,27 @@
-"""Pure train and eval steps, built from a config.
+"""Pure train and eval steps of N >= 1 students sharing one frozen teacher.
 
-``make_train_step(settings)`` returns ``train_step(state, batch, rng) -> (state, metrics)`` for
+``make_train_step(settings)`` returns ``train_step(state, batch, key) -> (state, metrics)``; the
+loss is the sum of the terms of ``settings.method`` (a ``zkd.methods.Method``: its own module
+says what it computes). The step owns what every method shares: the views of the batch the
+method asks for, the student in train mode (BatchNorm statistics of the batch, running
+statistics updated; one forward pass per view), the teacher in eval mode behind
+``stop_gradient`` (or its precomputed logits from zkd.logit_cache), the epoch counted from 1
+(``state.step // steps_per_epoch + 1``, as the released trainers count it), logit
+standardization on, off or per student, the optimizer update and the metrics.
 
-    =======  ============================================================================
-    method   loss (student logits z, teacher logits v, labels y; LS = logit standardization)
-    =======  ============================================================================
-    ce       ce_weight * CE(z, y)                              (teachers, plain students)
-    kd       ce_weight * CE + kd_weight * kd_loss(z, v, T, LS)
-    dkd      ce_weight * CE + min(epoch / warmup, 1) * dkd_loss(z, v, y, alpha, beta, T, LS)
-    mlkd     ce_weight * (CE(z_weak) + CE(z_strong)) + sum(mlkd_loss(..., T, kd_weight, LS))
-    ctkd     ce_weight * CE + kd_weight * kd_loss(z, v, T_learned, LS),
-             T_learned = ctkd_temperature(p, ctkd_lambda(epoch))
-    =======  ============================================================================
-
-Epochs are counted from 1 inside the step (``state.step // steps_per_epoch + 1``), as the
-reference trainers count them for DKD's warm-up and CTKD's lambda. The teacher runs in eval
-mode behind ``stop_gradient``; the student in train mode (BatchNorm statistics of the batch,
-running statistics updated; MLKD's two views are two forward passes, as released).
-
-The numeric hyper-parameters of the loss travel as a ``LossHParams`` pytree, so one compiled
-step can serve many students at once: ``make_run_step`` runs the teacher once per batch and
-then the update of every student of a ``RunState`` (a single run is one student; a sweep is
-N), each with its own settings and hyper-parameters, written out one after the other or
-batched with ``jax.vmap``. A batch may carry precomputed ``"teacher_logits"``
-(zkd.logit_cache); the step then skips the teacher's forward pass.
+The method's numeric hyper-parameters (``Method.HParams``) travel as a pytree, so one compiled
+step can serve many students: ``make_run_step`` runs the teacher once per batch and then the
+update of every student of a ``RunState`` (a single run is one student; a sweep is N), written
+out one after the other or batched with ``jax.vmap``.
 
 Input sizes: with ``StepSettings.teacher_input_size`` > 0 the teacher sees each view resized
-bilinearly to that size inside the step (``resize_images``; the transformer students see CIFAR
-upsampled to 224 and the teacher the same image at 32, docs/paper.md §8). With
-``StepSettings.kd_logits`` the KD term distils into the logits the student sows under that
-name (``intermediates/<name>``: DeiT's distillation head) while CE stays on its output.
+bilinearly to that size (the transformer students see CIFAR at 224, their teacher at 32;
+docs/paper.md §8). With ``StepSettings.kd_logits`` a method that ``distils_sown_logits``
+distils into the logits the student sows under that name (DeiT's distillation head).
 
 Randomness: each student has a key (from its seed); the step folds in the step number and
-hands it to the model as its ``"dropout"`` stream (dropout, stochastic depth), so a resumed
-run draws exactly what an uninterrupted one draws. Models without randomness ignore it.
+hands it to the model as its ``"dropout"`` stream, so a resumed run draws exactly what an
+uninterrupted one draws.
 """
 
 from __future__ import annotations
@@ -41,79 +29,52 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from zkd import losses
+from zkd import losses, methods
 from zkd.state import RunState, TrainState
-
-METHODS = ("ce", "kd", "dkd", "mlkd", "ctkd")
-
-
-@flax.struct.dataclass
-class LossHParams:
-    """The loss's numeric hyper-parameters as a pytree: Python floats (a single run; folded
-    into the compiled step as constants) or float32 arrays, [N] for N stacked students.
-
-    ``logit_stand`` is a bool (array) too; the step reads it from here only when
-    ``StepSettings.logit_stand`` is None (students that differ in LS).
-    """
-
-    ce_weight: Any = 1.0
-    kd_weight: Any = 1.0
-    temperature: Any = 4.0
-    dkd_alpha: Any = 1.0
-    dkd_beta: Any = 8.0
-    logit_stand: Any = False
-
-
-HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(LossHParams))
 
 
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
-    """Static settings of the train step (hashable, so the step traces once).
+    """Static settings of one student's train step (hashable, so the step traces once).
 
-    ``logit_stand`` None means "per student" (a sweep mixing LS on and off): the step then
-    computes the KD terms both ways and selects with the student's ``LossHParams.logit_stand``.
+    ``method``: a ``zkd.methods.Method`` instance, or a registered name (its default options).
+    ``hparams``: the method's ``HParams`` (None: their defaults). ``logit_stand`` None means
+    "per student" (a sweep mixing LS on and off): the step computes the terms both ways and
+    selects with each student's flag (``make_run_step``).
     """
 
-    method: str
+    method: Any
     steps_per_epoch: int
     learning_rate_fn: Callable[[jax.Array], jax.Array]
     logit_stand: bool | None = False
-    ce_weight: float = 1.0
-    kd_weight: float = 1.0
-    temperature: float = 4.0
-    dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
-    dkd_warmup_epochs: float = 20.0
-    mlkd_mode: str = "released"
+    hparams: Any = None
     teacher_input_size: int = 0  # > 0: the teacher sees each view resized to this square size
-    kd_logits: str = ""  # "": KD on the student's output; else on its sown intermediates/<kd_logits>
+    kd_logits: str = ""  # "": distil into the student's output; else into its sown intermediates/<kd_logits>
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if isinstance(self.method, str):
+            object.__setattr__(self, "method", methods.get(self.method)())
+        if not isinstance(self.method, methods.Method):
+            raise TypeError(f"StepSettings.method must be a zkd.methods.Method or its name, got {self.method!r}")
+        if self.hparams is None:
+            object.__setattr__(self, "hparams", self.method.HParams())
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
-        if self.kd_logits and self.method not in ("kd", "ctkd"):
-            raise ValueError(f"kd_logits={self.kd_logits!r} serves methods kd and ctkd, not {self.method!r}")
+        if self.kd_logits and not self.method.distils_sown_logits:
+            raise ValueError(f"kd_logits={self.kd_logits!r} serves methods that distil into sown logits "
+                             f"(distils_sown_logits), not {self.method.name!r}")
 
     @property
     def needs_teacher(self) -> bool:
-        return self.method != "ce"
+        return self.method.needs_teacher
 
     @property
     def two_views(self) -> bool:
-        return self.method == "mlkd"
-
-    def hparams(self) -> LossHParams:
-        """This run's hyper-parameters as static Python values."""
-        return LossHParams(self.ce_weight, self.kd_weight, self.temperature, self.dkd_alpha, self.dkd_beta,
-                           bool(self.logit_stand))
+        return self.method.views == 2
 
 
 def _per_sample_std(logits: jax.Array) -> jax.Array:
@@ -121,46 +82,28 @@ def _per_sample_std(logits: jax.Array) -> jax.Array:
     return jnp.mean(jnp.std(logits.astype(jnp.float32), axis=-1, ddof=1))
 
 
-def _with_ls(settings: StepSettings, hp: LossHParams, loss: Callable[[bool], Any]):
-    """``loss(logit_stand)`` with the static LS flag, or both ways selected per student."""
-    if settings.logit_stand is not None:
-        return loss(bool(settings.logit_stand))
-    with_ls, without = loss(True), loss(False)
-    return jax.tree.map(lambda a, b: jnp.where(hp.logit_stand, a, b), with_ls, without)
-
-
 def loss_terms(settings: StepSettings, params, student_logits, teacher_logits, labels, epoch,
-               hparams: LossHParams | None = None, kd_student_logits=None) -> dict:
-    """The named loss terms (float32 scalars) whose sum is the training loss.
+               hparams=None, kd_student_logits=None, logit_stand=None) -> dict:
+    """The method's named loss terms (float32 scalars) whose sum is the training loss.
 
-    ``student_logits`` / ``teacher_logits`` are [B, K] arrays, or (weak, strong) pairs for MLKD.
-    ``hparams``: the numeric hyper-parameters (default: ``settings.hparams()``).
-    ``kd_student_logits``: [B, K] the KD term distils into instead of ``student_logits`` (KD and
-    CTKD; DeiT's distillation head), CE staying on ``student_logits``.
+    ``student_logits`` / ``teacher_logits``: [B, K] arrays, or a tuple per view for a method of
+    several views (teacher None without one). ``params``: the method's learned parameters
+    (``params[method.name]`` of the state) or None. ``hparams``: default ``settings.hparams``.
+    ``kd_student_logits``: [B, K] the distillation term uses instead of the first view.
+    ``logit_stand``: the per-student flag (a bool array) when ``settings.logit_stand`` is None.
     """
-    s = settings
-    hp = s.hparams() if hparams is None else hparams
-    kd_student = student_logits if kd_student_logits is None else kd_student_logits
-    if s.method == "mlkd":
-        (zw, zs), (vw, vs) = student_logits, teacher_logits
-        terms = {"ce": hp.ce_weight * (losses.cross_entropy(zw, labels) + losses.cross_entropy(zs, labels))}
-        mlkd = _with_ls(s, hp, lambda ls: losses.mlkd_loss(zw, zs, vw, vs, hp.temperature, hp.kd_weight, ls,
-                                                           mode=s.mlkd_mode))
-        terms.update({f"mlkd_{name}": value for name, value in mlkd.items()})
-        return terms
-    terms = {"ce": hp.ce_weight * losses.cross_entropy(student_logits, labels)}
-    if s.method == "kd":
-        kd = _with_ls(s, hp, lambda ls: losses.kd_loss(kd_student, teacher_logits, hp.temperature, ls))
-        terms["kd"] = hp.kd_weight * kd
-    elif s.method == "dkd":
-        warmup = losses.dkd_warmup(epoch, s.dkd_warmup_epochs)
-        terms["dkd"] = warmup * _with_ls(s, hp, lambda ls: losses.dkd_loss(
-            student_logits, teacher_logits, labels, hp.dkd_alpha, hp.dkd_beta, hp.temperature, ls))
-    elif s.method == "ctkd":
-        temperature = losses.ctkd_temperature(params["ctkd"]["p"], losses.ctkd_lambda(epoch))
-        kd = _with_ls(s, hp, lambda ls: losses.kd_loss(kd_student, teacher_logits, temperature, ls))
-        terms["kd"] = hp.kd_weight * kd
-    return terms
+    method = settings.method
+    hp = settings.hparams if hparams is None else hparams
+    student = tuple(student_logits) if isinstance(student_logits, (tuple, list)) else (student_logits,)
+    teacher = (None if teacher_logits is None else
+               tuple(teacher_logits) if isinstance(teacher_logits, (tuple, list)) else (teacher_logits,))
+    x = methods.Inputs(student=student, teacher=teacher, labels=labels, epoch=epoch,
+                       params={} if params is None else params.get(method.name, {}),
+                       distill=student[0] if kd_student_logits is None else kd_student_logits)
+    if settings.logit_stand is not None or not method.uses_logit_stand:
+        return method.loss_terms(hp, bool(settings.logit_stand), x)
+    with_ls, without = method.loss_terms(hp, True, x), method.loss_terms(hp, False, x)
+    return jax.tree.map(lambda a, b: jnp.where(logit_stand, a, b), with_ls, without)
 
 
 def _views(settings: StepSettings, batch: dict) -> tuple:
@@ -188,10 +131,11 @@ def teacher_logits_of_batch(settings: StepSettings, teacher_apply_fn, teacher_va
         return None
     if "teacher_logits" in batch:
         if settings.two_views:
-            raise ValueError("precomputed teacher_logits serve one view; MLKD's two views need the teacher")
+            raise ValueError(f"precomputed teacher_logits serve one view; method {settings.method.name!r} sees "
+                             f"{settings.method.views} views and needs the teacher")
         return (jax.lax.stop_gradient(batch["teacher_logits"].astype(jnp.float32)),)
     if teacher_apply_fn is None:
-        raise ValueError(f"method {settings.method!r} needs a teacher: the state has none and the batch "
+        raise ValueError(f"method {settings.method.name!r} needs a teacher: the state has none and the batch "
                          "carries no teacher_logits")
     size = settings.teacher_input_size
     return tuple(jax.lax.stop_gradient(
@@ -199,14 +143,16 @@ def teacher_logits_of_batch(settings: StepSettings, teacher_apply_fn, teacher_va
         for v in _views(settings, batch))
 
 
-def student_update(settings: StepSettings, state: TrainState, hparams: LossHParams, batch: dict, teacher,
-                   rng: jax.Array | None = None):
+def student_update(settings: StepSettings, state: TrainState, hparams, batch: dict, teacher,
+                   rng: jax.Array | None = None, logit_stand=None):
     """One optimizer step of one student given the teacher's logits: ``(state, metrics)``.
 
-    ``teacher``: tuple of float32 [B, K] per view (``teacher_logits_of_batch``) or None.
-    ``rng``: this step's key, the model's ``"dropout"`` stream (None: a model without randomness).
-    ``state.teacher_variables`` is not read, so the students of a ``RunState`` need not carry it.
-    Pure; ``jax.vmap`` over ``state``, ``hparams`` and ``rng`` steps many students on one batch.
+    ``hparams``: the method's ``HParams``. ``teacher``: tuple of float32 [B, K] per view
+    (``teacher_logits_of_batch``) or None. ``rng``: this step's key, the model's ``"dropout"``
+    stream (None: a model without randomness). ``logit_stand``: this student's LS flag (a bool
+    array) when ``settings.logit_stand`` is None. ``state.teacher_variables`` is not read, so the
+    students of a ``RunState`` need not carry it. Pure; ``jax.vmap`` over ``state``, ``hparams``,
+    ``rng`` and ``logit_stand`` steps many students on one batch.
     """
     s = settings
     labels = batch["label"]
@@ -218,7 +164,7 @@ def student_update(settings: StepSettings, state: TrainState, hparams: LossHPara
     def loss_fn(params):
         batch_stats = state.batch_stats
         student, kd_student = [], None
-        for v, images in enumerate(views):  # MLKD: two forward passes, each updating the running statistics
+        for v, images in enumerate(views):  # one forward pass per view, each updating the running statistics
             rngs = None if rng is None else {"dropout": jax.random.fold_in(rng, v) if v else rng}
             logits, updates = state.apply_fn(
                 {"params": params["student"], "batch_stats": batch_stats},
@@ -231,9 +177,7 @@ def student_update(settings: StepSettings, state: TrainState, hparams: LossHPara
             student.append(logits.astype(jnp.float32))
             if s.kd_logits:
                 kd_student = sown_logits(updates, s.kd_logits)
-        student_logits = tuple(student) if s.two_views else student[0]
-        teacher_logits = None if teacher is None else (teacher if s.two_views else teacher[0])
-        terms = loss_terms(s, params, student_logits, teacher_logits, labels, epoch, hparams, kd_student)
+        terms = loss_terms(s, params, tuple(student), teacher, labels, epoch, hparams, kd_student, logit_stand)
         total = sum(terms.values())
         return total, (terms, student[0], batch_stats)
 
@@ -250,8 +194,7 @@ def student_update(settings: StepSettings, state: TrainState, hparams: LossHPara
     if teacher is not None:
         metrics["agreement"] = jnp.mean((jnp.argmax(logits, -1) == jnp.argmax(teacher[0], -1)).astype(jnp.float32))
         metrics["logit_std_teacher"] = _per_sample_std(teacher[0])
-    if s.method == "ctkd":
-        metrics["ctkd_temperature"] = losses.ctkd_temperature(state.params["ctkd"]["p"], 0.0)
+    metrics.update(s.method.metrics(state.params.get(s.method.name, {})))
     return new_state, metrics
 
 
@@ -275,18 +218,18 @@ def make_train_step(settings: StepSettings) -> Callable[[TrainState, dict, jax.A
     ``state`` (``zkd.state.create_train_state``); pure; jit it. The trainer uses the N-student
     ``make_run_step``; this one is for users who keep a single ``TrainState``.
 
-    ``batch``: {"image": [B, H, W, C], "label": int32 [B]}, or for MLKD
+    ``batch``: {"image": [B, H, W, C], "label": int32 [B]}, or for a method of two views
     {"image_weak", "image_strong", "label"}; optionally "teacher_logits" [B, K] (then the
     teacher is not run). ``key``: the student's key; the step number is folded in (``step_key``).
     Metrics: every loss term, "loss", "accuracy", "learning_rate", "grad_norm", "param_norm",
-    "agreement" (student-teacher top-1), "logit_std_student" / "logit_std_teacher", and
-    "ctkd_temperature" for CTKD.
+    "agreement" (student-teacher top-1), "logit_std_student" / "logit_std_teacher", and the
+    method's own (``Method.metrics``).
     """
     s = settings
 
     def train_step(state: TrainState, batch: dict, key: jax.Array):
         teacher = teacher_logits_of_batch(s, state.teacher_apply_fn, state.teacher_variables, batch)
-        return student_update(s, state, s.hparams(), batch, teacher, step_key(key, state.step))
+        return student_update(s, state, s.hparams, batch, teacher, step_key(key, state.step))
 
     return train_step
 
@@ -329,19 +272,20 @@ def make_run_step(settings: tuple[StepSettings, ...], vectorize: str = "unroll")
     if vectorize == "vmap" and n > 1:
         flags = {bool(s.logit_stand) for s in settings}
         shared = dataclasses.replace(first, logit_stand=flags.pop() if len(flags) == 1 else None)
-        hparams = _stack([jax.tree.map(jnp.asarray, s.hparams()) for s in settings])
+        hparams = _stack([jax.tree.map(jnp.asarray, s.hparams) for s in settings])
+        ls_flags = jnp.asarray([bool(s.logit_stand) for s in settings])
 
     def run_step(state: RunState, batch: dict):
         teacher = teacher_logits_of_batch(first, state.teacher_apply_fn, state.teacher_variables, batch)
         keys = [step_key(k, s.step) for k, s in zip(state.keys, state.students)]
         if vectorize == "vmap" and n > 1:
-            def update(student, hp, key):
-                return student_update(shared, student, hp, batch, teacher, key)
+            def update(student, hp, key, ls):
+                return student_update(shared, student, hp, batch, teacher, key, ls)
 
-            students, metrics = jax.vmap(update)(_stack(state.students), hparams, jnp.stack(keys))
+            students, metrics = jax.vmap(update)(_stack(state.students), hparams, jnp.stack(keys), ls_flags)
             students, metrics = _unstack(students, n), _unstack(metrics, n)
         else:
-            outs = [student_update(s, student, s.hparams(), batch, teacher, key)
+            outs = [student_update(s, student, s.hparams, batch, teacher, key)
                     for s, student, key in zip(settings, state.students, keys)]
             students, metrics = tuple(o[0] for o in outs), tuple(o[1] for o in outs)
         return state.replace(students=students), metrics
