@@ -13,11 +13,12 @@ the command with their one-line message on stderr and exit status 1.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 # tf.data only: keep TensorFlow off the accelerators and quiet, before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -91,6 +92,30 @@ def _override_paths(argv: Sequence[str]) -> list[str]:
     return [m.group(1) for m in (re.match(r"--?config\.([^=\s]+)", a) for a in argv) if m]
 
 
+def unknown_field_message(config: Any, path: str) -> Optional[str]:
+    """The one-line error for ``--config.<path>`` when ``path`` is not a field of ``config``.
+
+    Returns None when every component of the dotted ``path`` exists. Otherwise names the first
+    missing component, the closest valid name at that level (if any is close) and all valid
+    names there, e.g. ``error: unknown config field 'loss.temperatur'; did you mean
+    'loss.temperature'? (valid fields under config.loss: ce_weight, ...)``.
+    """
+    node, parent = config, ""
+    for name in path.split("."):
+        if not isinstance(node, Mapping) and not hasattr(node, "keys"):
+            return (f"error: config field '{parent[:-1]}' holds a value of type {type(node).__name__}, not a group "
+                    f"of fields, so --config.{path} names nothing; set --config.{parent[:-1]}=VALUE instead")
+        fields = sorted(str(k) for k in node.keys())
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean '{parent}{close[0]}'?" if close else ""
+            where = f"config.{parent[:-1]}" if parent else "config"
+            return (f"error: unknown config field '{parent}{name}'{hint} "
+                    f"(valid fields under {where}: {', '.join(fields)})")
+        node, parent = node[name], f"{parent}{name}."
+    return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, except that an unknown config field is one line on stderr and exit 2.
 
@@ -98,6 +123,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     an override names a field the locked config lacks; the config file is loaded again here to
     name the field, the closest valid one and the valid ones at that level.
     """
+    _import_method_references(argv[1:])
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as err:
@@ -109,11 +135,32 @@ def parse_flags(argv: list[str]) -> list[str]:
         except Exception:  # the config file itself is broken: its own error says how
             raise err from None
         for path in _override_paths(argv[1:]):
-            message = recipes.unknown_field_message(config, path)
+            message = unknown_field_message(config, path)
             if message:
                 print(message, file=sys.stderr)
                 sys.exit(2)
         raise
+
+
+def _import_method_references(argv: Sequence[str]) -> None:
+    """Import the method a ``--config.method=package.module:Class`` (or a config file's
+    ``method=package.module:Class`` argument) names before the config is built, so its fields
+    are config fields (``--config.loss.<field>``, ``--config.sweep.<field>``) like a built-in's."""
+    references = [m.group(1) for m in (re.fullmatch(r"--?config\.method=(.+)", a) for a in argv) if m]
+    config_arg = _config_argument(argv) or ""
+    references += re.findall(r"(?:^|[:,])method=([\w.]+:[\w.]+)", config_arg.partition(":")[2])
+    if not references:
+        return
+    from zkd import methods
+    from zkd.errors import ZkdError
+
+    for reference in references:
+        if ":" in reference:
+            try:
+                methods.get(reference)
+            except ZkdError as err:
+                print(f"error ({type(err).__name__}): {err.message()}", file=sys.stderr)
+                sys.exit(2)
 
 
 def run():

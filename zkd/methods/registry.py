@@ -30,6 +30,8 @@ def _same_definition(a, b) -> bool:
 def register(name: str):
     """Class decorator registering a ``zkd.methods.Method`` subclass as ``config.method = name``.
 
+    The class is made a frozen dataclass (if it is not one already): its annotated class
+    attributes are its static options.
     Its ``HParams`` fields and static options become ``config.loss`` fields (and its numeric
     fields ``config.sweep`` axes) in configs built after the registration. A field another
     method already declares must keep that field's default (it is one config field). Registering
@@ -43,9 +45,8 @@ def register(name: str):
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"zkd.methods.register({name!r}) decorates a subclass of zkd.methods.Method, "
                             f"got {cls!r}")
-        if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
-            raise TypeError(f"method {cls.__qualname__} must be a frozen dataclass: decorate it with "
-                            "@dataclasses.dataclass(frozen=True) under @zkd.methods.register")
+        if "__dataclass_params__" not in cls.__dict__:  # its static options become dataclass fields
+            cls = dataclasses.dataclass(frozen=True)(cls)
         old = _REGISTRY.get(name)
         if old is not None and old is not cls and not _same_definition(old, cls):
             raise ValueError(f"method {name!r} is already registered (by {old.__module__}.{old.__qualname__}); "
