@@ -228,6 +228,24 @@ def _evals(workdir: str) -> list[dict]:
     return metrics_io.read_metrics(workdir, "eval")
 
 
+def _epoch_logit_std(workdir: str) -> list[dict]:
+    """Per epoch, the mean per-sample logit std over its training steps: ``{"epoch", "student",
+    "teacher"}``, from the train records (each the mean over the steps since the previous one)."""
+    from zkd import metrics_io
+
+    epochs, sums, steps, previous = [], {}, 0, 0
+    for r in metrics_io.read_metrics(workdir):
+        if r["kind"] == "train":
+            n, previous = r["step"] - previous, r["step"]
+            for who in ("student", "teacher"):
+                sums[who] = sums.get(who, 0.0) + n * r.get(f"logit_std_{who}", float("nan"))
+            steps += n
+        elif r["kind"] == "eval" and steps:
+            epochs.append({"epoch": r["epoch"], **{who: v / steps for who, v in sums.items()}})
+            sums, steps = {}, 0
+    return epochs
+
+
 def _paired(runs_a: list[dict], runs_b: list[dict], field: str = "best_top1") -> list[float]:
     """Per-seed differences b - a over the seeds both have finished."""
     a = {r["seed"]: read_summary(r["workdir"]) for r in runs_a}
@@ -309,12 +327,12 @@ def plot_logit_std(runs: list[dict], path: str) -> str:
     for run in runs:
         if run["group"] != "main" or run["seed"] != runs[1]["seed"] or not is_finished(run):
             continue
-        evals = _evals(run["workdir"])
-        epochs = [e["epoch"] for e in evals]
-        if evals and "train_logit_std_student" in evals[0]:
-            ax.plot(epochs, [e["train_logit_std_student"] for e in evals], marker="o", label=f"student, {run['label']}")
+        stds = _epoch_logit_std(run["workdir"])
+        epochs = [e["epoch"] for e in stds]
+        if stds:
+            ax.plot(epochs, [e["student"] for e in stds], marker="o", label=f"student, {run['label']}")
             if not teacher_drawn:
-                ax.plot(epochs, [e["train_logit_std_teacher"] for e in evals], "k--", label="teacher")
+                ax.plot(epochs, [e["teacher"] for e in stds], "k--", label="teacher")
                 teacher_drawn = True
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean per-sample logit std (train batches)")
@@ -367,7 +385,7 @@ def write_results(runs: list[dict], args, command: str, stats: dict | None) -> s
             groups.setdefault(run["key"], []).append(run)
     for key, members in groups.items():
         done = [read_summary(r["workdir"]) for r in members if is_finished(r)]
-        stds = [_evals(r["workdir"])[-1].get("train_logit_std_student", float("nan")) for r in members
+        stds = [(_epoch_logit_std(r["workdir"]) or [{"student": float("nan")}])[-1]["student"] for r in members
                 if is_finished(r)]
         lines.append(
             f"| {METHOD_LABELS[key]} | {_setting(members[0]['config'])} | {len(done)}/{len(members)} | "
