@@ -151,7 +151,14 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, teache
     else:
         assert os.path.exists(os.path.join(workdir, "zkd-hold.json"))  # a SIGKILL leaves a stale hold ...
     if saved_step is not None:
-        assert checkpoint.TrainingCheckpoints(workdir).latest_step() == saved_step
+        ck = checkpoint.TrainingCheckpoints(workdir)
+        assert ck.latest_step() == saved_step
+        _, meta = ck.restore_latest(None)
+        ck.close()
+        assert set(meta) == {"epoch", "steps_per_epoch", "train_seconds", "train_images", "students"}  # no half epoch
+        for student in [os.path.join(workdir, "students", n) for n in ("kd1", "kd5")] if sweep else [workdir]:
+            # the metrics of the steps before the save were flushed first
+            assert saved_step in [r["step"] for r in metrics_io.read_metrics(student, "train")]
     second = _worker(workdir, teacher_dir, *[f for f in flags if f == "--sweep"])  # ... the restart takes over
     assert second.returncode == 0, second.stderr[-3000:]
     ck = checkpoint.TrainingCheckpoints(workdir)

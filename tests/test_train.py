@@ -179,6 +179,69 @@ def test_several_steps_per_dispatch_take_the_single_steps(tmp_path, teacher_dir)
     assert not any(os.path.exists(os.path.join(d, "tensorboard")) for d in (one, three, resumed))
 
 
+def test_a_mid_epoch_stop_flushes_its_metrics_and_its_checkpoint_holds_no_half_epoch(tmp_path, teacher_dir):
+    """A stop inside a log window (log_every_steps 2, epochs of 3 steps: stopped after step 4, the
+    window holding step 3) flushes that window as a train record at step 4 before it saves, and the
+    checkpoint's meta holds cumulative counters only. The restart folds the record back into its
+    window and ends at the uninterrupted run: the same records (float32 roundoff) and parameters
+    (bit for bit). So does a restart from a checkpoint written before the flat loop (meta "step"
+    and "partial", the window's metrics in meta and not in metrics.jsonl)."""
+    def config():
+        c = tiny_config("kd", True, teacher_dir, epochs=2, steps=3)
+        c.log_every_steps = 2
+        return c
+
+    straight, resumed, older = (str(tmp_path / name) for name in ("straight", "resumed", "older"))
+    with mock_cifar100():
+        train.train_and_evaluate(config(), straight)
+        for workdir in (resumed, older):
+            with pytest.raises(train.Preempted, match="after step 4"):
+                _fit_counting_dispatches(config(), workdir, stop_after_dispatches=3)  # SIGTERM during step 3
+    ck = checkpoint.TrainingCheckpoints(resumed)
+    assert ck.latest_step() == 4
+    _, meta = ck.restore_latest(None)
+    ck.close()
+    assert set(meta) == {"epoch", "steps_per_epoch", "train_seconds", "train_images", "students"}, meta
+    assert meta["epoch"] == 1 and meta["train_images"] == 4 * 16 and meta["train_seconds"] > 0
+    assert [t["step"] for t in metrics_io.read_metrics(straight, "train")] == [2, 3, 5, 6]
+    trains = metrics_io.read_metrics(resumed, "train")
+    assert [t["step"] for t in trains] == [2, 3, 4]  # step 3's metrics, flushed before the save
+    assert all(np.isfinite(v) for v in trains[-1].values() if isinstance(v, float))
+
+    # The same stop as an older zkd saved it: step 3's metrics pending in meta, not logged.
+    with open(os.path.join(older, "metrics.jsonl")) as f:
+        lines = f.read().splitlines(keepends=True)
+    assert json.loads(lines[-1])["step"] == 4
+    with open(os.path.join(older, "metrics.jsonl"), "w") as f:
+        f.writelines(lines[:-1])
+    pending = {k: v for k, v in json.loads(lines[-1]).items() if k not in ("step", "kind")}
+    meta_file = os.path.join(older, "checkpoints", "4", "meta", "metadata")
+    with open(meta_file) as f:
+        meta = json.load(f)
+    del meta["steps_per_epoch"]
+    meta.update(step=4, train_images=3 * 16, partial={"pending": [[pending]], "epoch_sums": [{}], "seconds": 1.0})
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+
+    with mock_cifar100():
+        for workdir in (resumed, older):
+            summary = train.train_and_evaluate(config(), workdir)
+            assert summary["epochs"] == 2
+            ck = checkpoint.TrainingCheckpoints(workdir)
+            _, meta = ck.restore_latest(None)
+            ck.close()
+            assert set(meta) == {"epoch", "steps_per_epoch", "train_seconds", "train_images", "students"}, meta
+            assert meta["train_images"] == 6 * 16
+            ma, mb = metrics_io.read_metrics(straight), metrics_io.read_metrics(workdir)
+            assert [(m["kind"], m["step"]) for m in ma] == [(m["kind"], m["step"]) for m in mb]
+            for x, y in zip(ma, mb):
+                assert set(x) == set(y)
+                for key in x:
+                    if key != "images_per_second" and isinstance(x[key], float):
+                        np.testing.assert_allclose(y[key], x[key], rtol=1e-6, err_msg=f"{x['kind']} {x['step']} {key}")
+            jax.tree.map(np.testing.assert_array_equal, _params(straight), _params(workdir))
+
+
 def test_a_run_checkpointed_on_8_devices_resumes_on_4_to_the_same_result(tmp_path, teacher_dir, monkeypatch):
     """config.num_devices may change on resume (zkd.workdir.RESUMABLE_CHANGES): a run preempted
     mid-epoch on 8 devices, its checkpoint restored onto a 4-device mesh, ends where the
@@ -211,6 +274,17 @@ def test_a_run_checkpointed_on_8_devices_resumes_on_4_to_the_same_result(tmp_pat
                                            err_msg=f"{x['kind']} {x['step']} {key}")
     for a, b in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(resumed))):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_a_single_run_is_one_point_and_a_sweep_says_so(tmp_path, teacher_dir):
+    """Whether fit trains a sweep is its explicit ``sweep`` argument, never read from the points."""
+    from zkd import grid
+
+    c = tiny_config("kd", True, teacher_dir)
+    c.sweep.kd_weight = (1.0, 5.0)
+    with pytest.raises(ValueError, match="a single run trains one grid point, not 2: pass sweep=True"):
+        train.fit(c, str(tmp_path / "run"), grid.grid_points(c))
+    assert not os.path.exists(tmp_path / "run")  # refused before anything was written
 
 
 def test_several_steps_per_dispatch_need_device_resident_data(tmp_path, teacher_dir):

@@ -39,7 +39,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_ch
     config, info = engine.with_dataset(config, dataset)
     points = grid.grid_points(config)
     out = train.fit(config, workdir, points, allow_config_change,
-                    run=engine.build(config, points, teacher=teacher, info=info))
+                    run=engine.build(config, points, teacher=teacher, info=info), sweep=True)
     summaries, meta = out["students"], out["meta"]
     table = grid.ranking_table(points, summaries)
     result = {"run": recipes.run_name(config), "students": len(points), "epochs": meta["epoch"],

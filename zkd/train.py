@@ -3,25 +3,29 @@
     train_and_evaluate(config, workdir) -> summary     one student (python -m zkd.main)
     zkd.sweep.train_sweep(config, workdir) -> result   every grid point of config.sweep
 
-Both call ``fit``: build everything once (``zkd.engine.build``), then one loop. Phases, in
-order: workdir and writers -> resume from the latest checkpoint -> the teacher, evaluated once
--> epochs of steps (metrics flushed every ``log_every_steps``, a non-finite value stops the run
-naming the step) -> exact evaluation of every student each epoch -> one checkpoint save per
-epoch -> summaries. Pure pieces live elsewhere (zkd.step, zkd.losses); this module owns the
-workdir, time and I/O.
+Both call ``fit``: build everything once (``zkd.engine.build``), resume from the latest
+checkpoint, evaluate the teacher once, then one flat loop over steps. After each step (or each
+dispatch of ``steps_per_dispatch`` steps, which never straddles a boundary below) come
+independent periodic actions: flush the step metrics (every ``log_every_steps`` of an epoch, at
+its end and before every save; a non-finite value stops the run naming the step), evaluate every
+student exactly (epoch end), save a checkpoint (epoch end, every ``checkpoint_every_steps``, on a
+stop request) and stop when asked (SIGTERM, Ctrl-C: zkd.preemption). Since metrics are flushed
+before a save, a checkpoint holds the students and cumulative counters, nothing of an unfinished
+epoch. Pure pieces live elsewhere (zkd.step, zkd.losses); this module owns the workdir, time and
+I/O.
 
-Workdir of a single run: ``config.json``, ``metrics.jsonl`` (kinds "train", "eval", "teacher"),
-``tensorboard/``, ``checkpoints/`` (zkd.checkpoint), ``summary.json``. A sweep's workdir has
-the same files for the sweep as a whole (its ``checkpoints/`` hold every student), and
-``students/<point>/`` per grid point with the single run's files (config.json is that point's
-single-run config) and a ``sweep_member.json`` that points at the sweep's checkpoints, plus
-``sweep.json`` / ``sweep.md`` ranking the points.
+Workdir of a single run: ``config.json``, ``metrics.jsonl`` (kinds "train", "eval", "teacher";
+each train record is the mean over the steps since the previous one), ``tensorboard/``,
+``checkpoints/`` (zkd.checkpoint), ``summary.json``. A sweep's workdir has the same files for
+the sweep as a whole (its ``checkpoints/`` hold every student), and ``students/<point>/`` per
+grid point with the single run's files (config.json is that point's single-run config) and a
+``sweep_member.json`` that points at the sweep's checkpoints, plus ``sweep.json`` / ``sweep.md``
+ranking the points.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Optional
 
@@ -41,7 +45,7 @@ DataError = data.DataError  # labels outside the class range; damaged or mismatc
 
 # Step metrics that are not loss terms; a non-finite report names the loss terms first.
 DIAGNOSTICS = ("loss", "grad_norm", "param_norm", "accuracy", "agreement", "learning_rate",
-               "logit_std_student", "logit_std_teacher", "ctkd_temperature")
+               "logit_std_student", "logit_std_teacher")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -112,12 +116,177 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
     engine.validate_config(config, info, teacher_given=teacher is not None)
     points = grid.single_point(config)
     run = engine.build(config, points, teacher=teacher, info=info)
-    return fit(config, workdir, points, allow_config_change, run=run)["students"][0]
+    return fit(config, workdir, points, allow_config_change, run=run, sweep=False)["students"][0]
 
 
-def _fresh_meta(n: int) -> dict:
+def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_config_change: bool = False,
+        run: Optional[engine.Run] = None, *, sweep: bool = False) -> dict:
+    """Train the students ``points`` (zkd.grid) of ``config`` in ``workdir``: build once, loop once.
+
+    ``sweep``: False for a single run (one point, its files in ``workdir``), True for a sweep (the
+    layout of the module docstring, even for one point). Returns ``{"students": [summary of each
+    point], "dirs": [its directory], "meta"}``. ``run``: an already built ``zkd.engine.Run`` of
+    these points (default: built here).
+
+    Raises ``zkd.preemption.Preempted`` after saving a checkpoint when asked to stop (SIGTERM,
+    Ctrl-C); ``zkd.workdir.WorkdirBusyError`` when another live run holds ``workdir``.
+    """
+    if not sweep and len(points) != 1:
+        raise ValueError(f"a single run trains one grid point, not {len(points)}: pass sweep=True")
+    run = run or engine.build(config, points)
+    make_writable(workdir)
+    with WorkdirHold(workdir), StopRequests() as stop:
+        ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=config.checkpoint_every_epochs
+                                               * run.steps_per_epoch)
+        try:
+            return _fit(config, workdir, points, allow_config_change, run, stop, ckpts, sweep)
+        except KeyboardInterrupt:  # a second Ctrl-C: abort at once
+            raise
+        except BaseException:  # a failed step or read: the checkpoints of earlier steps still complete
+            ckpts.settle()
+            raise
+
+
+def _fit(config, workdir: str, points: list, allow_config_change: bool, run: engine.Run, stop: StopRequests,
+         ckpts: checkpoint.TrainingCheckpoints, sweep: bool) -> dict:
+    wall_start = time.time()
+    n, spe, total, batch_size = run.num_students, run.steps_per_epoch, run.total_steps, config.batch_size
+    log_every, every_steps = config.log_every_steps, int(config.get("checkpoint_every_steps", 0))
+
+    def flush_due(step: int) -> bool:
+        """Whether a log window ends after ``step`` steps: every log_every_steps of an epoch, at
+        its end, and at every step checkpoint."""
+        return step % spe % log_every == 0 or bool(every_steps) and step % every_steps == 0
+
+    # --- workdir, writers
+    prepare_workdir(config, workdir, allow_config_change)
+    dirs = [paths.join(workdir, "students", p.name) for p in points] if sweep else [workdir]
+    if sweep:
+        for j, (p, d) in enumerate(zip(points, dirs)):
+            prepare_workdir(p.config, d, allow_config_change)
+            if jax.process_index() == 0:
+                checkpoint.write_sweep_member(d, workdir, j, p.name)
+        print(f"zkd sweep: {n} students ({', '.join(p.name for p in points)})", flush=True)
+    tensorboard = config.get("tensorboard", True)
+    writers = [MetricWriter(d, tensorboard) for d in dirs]
+    all_writers = [MetricWriter(workdir, tensorboard), *writers] if sweep else writers
+
+    # --- resume from the latest checkpoint: an epoch end, or mid-epoch (a step checkpoint, a stop)
+    meta, state = _fresh_meta(n, spe), run.state
+    restored = ckpts.restore_latest(run.checkpointable(state))
+    if restored is not None:
+        saved, meta = restored
+        state = run.restore(state, saved)
+    start_step = int(state.step)
+    older = "steps_per_epoch" not in meta  # saved before the flat loop: only a mid-epoch one names its step
+    expected = meta.pop("step", meta["epoch"] * spe) if older else start_step
+    if meta.setdefault("steps_per_epoch", spe) != spe or start_step // spe != meta["epoch"] or start_step != expected:
+        raise ConfigError(f"checkpoint step {start_step} does not match its epoch {meta['epoch']} x "
+                          f"{spe} steps per epoch: the batch size or steps_per_epoch changed")
+    carried = [None] * n  # per student: (means, steps) of the start of a log window that a stop cut short
+    partial = meta.pop("partial", None)  # an older mid-epoch checkpoint's unfinished epoch
+    if partial is not None:
+        meta["train_seconds"] += partial["seconds"]
+        meta["train_images"] += start_step % spe * batch_size
+        pending = partial["pending"]  # per step, one dict of metrics per student
+        if pending:
+            carried = [({k: float(np.mean(np.float32([p[j][k] for p in pending]))) for k in pending[0][j]},
+                        len(pending)) for j in range(n)]
+    elif not flush_due(start_step):
+        carried = [_reopen_window(d, start_step) for d in dirs]
+    for w in all_writers:  # records written after that checkpoint (a run killed mid-epoch) are redone
+        w.truncate_after(start_step)
+
+    # --- the teacher, measured once
+    teacher_predictions = None
+    if run.teacher_eval_step is not None and start_step < total:
+        (t_metrics,), (teacher_predictions,) = evaluate(run.teacher_eval_step, state.teacher_variables,
+                                                        run.eval_batches(), run.mesh)
+        if start_step == 0:  # a resumed run logged it at its first start
+            for w in all_writers:
+                w.write(0, "teacher", t_metrics)
+        print(f"teacher {run.teacher_label}: top-1 {t_metrics['top1']:.2f}%  top-5 {t_metrics['top5']:.2f}%  "
+              f"logit std {t_metrics['logit_std']:.3f}  ({int(t_metrics['count'])} test images)", flush=True)
+
+    # --- the loop: one step (or one dispatch of k steps), then each periodic action on its own condition
+    batches = run.train_batches(start_step)
+    bar = ProgressBar(total, batch_size, enabled=config.progress_bar)
+    window, window_start = [], start_step  # step metrics not yet logged, on the devices
+    clock = epoch_clock = time.perf_counter()  # since the training time last went into meta; this epoch's start
+    counted = epoch_first = step = start_step
+    while step < total:
+        k = run.steps_per_dispatch
+        if k > 1 and not any(flush_due(s) for s in range(step + 1, step + k)):  # no boundary inside the dispatch
+            state, metrics = run.train_steps(state, next(batches))  # metrics stacked [k]
+        else:
+            k, (state, metrics) = 1, run.train_step(state, next(batches))
+        window.append(metrics)
+        step += k
+        epoch, epoch_end = -(-step // spe), step % spe == 0  # the epoch (from 1) that the step ends in
+        bar.update(step, epoch)
+        stopping = any([stop.should_stop(s) for s in range(step - k + 1, step + 1)])  # each a multi-host sync point
+        saving = epoch_end or stopping or bool(every_steps) and step % every_steps == 0
+
+        if saving or flush_due(step):  # before every save: a checkpoint holds no unlogged step
+            _flush(window, window_start, carried, points, writers, sweep)
+            window, window_start, carried = [], step, [None] * n
+
+        if saving:  # meta, which the checkpoint holds, counts the training up to this step
+            jax.block_until_ready(state)
+            now = time.perf_counter()
+            meta["train_seconds"] += now - clock
+            meta["train_images"] += (step - counted) * batch_size
+            clock, counted = now, step
+
+        if epoch_end:  # exact evaluation of every student
+            images_per_second = (step - epoch_first) * batch_size / (now - epoch_clock)
+            results, predictions = evaluate(run.eval_step, run.student_variables(state), run.eval_batches(), run.mesh)
+            for j, (record, m) in enumerate(zip(results, meta["students"])):
+                if teacher_predictions is not None:
+                    record["agreement"] = agreement(predictions[j], teacher_predictions)
+                record["images_per_second"] = images_per_second
+                record["epoch"] = epoch
+                writers[j].write(step, "eval", record)
+                if record["top1"] > m["best_top1"]:
+                    m["best_top1"], m["best_epoch"] = record["top1"], epoch
+                m["last_top1"], m["last_top5"] = record["top1"], record["top5"]
+                m["agreement"] = record.get("agreement", float("nan"))
+            meta["epoch"] = epoch
+            if not bar.enabled:
+                best = max(range(n), key=lambda j: results[j]["top1"])
+                who = f"best student {points[best].name} " if sweep else "test top-1 "
+                print(f"epoch {epoch}/{config.num_epochs}: {who}{results[best]['top1']:.2f}% "
+                      f"(best {meta['students'][best]['best_top1']:.2f}%), {images_per_second:.0f} img/s", flush=True)
+            stopping = stopping or stop.signal_name is not None  # a request that came during the evaluation
+
+        if saving:
+            ckpts.save(step, run.checkpointable(state), json.loads(json.dumps(meta)),
+                       [r["top1"] for r in results] if epoch_end else None)  # mid-epoch: not evaluated
+        if epoch_end:  # the next epoch's time starts after its predecessor's evaluation and save
+            clock = epoch_clock = time.perf_counter()
+            epoch_first = step
+        if stopping and step < total:
+            break
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
+    for w in all_writers:
+        w.close()
+    if step < total:
+        raise Preempted(f"stopped on {stop.signal_name} after step {step}; its checkpoint is saved in "
+                        f"{workdir}/checkpoints. Run the same command again to resume at step {step}.", step)
+
+    summaries = [_summary(p.config, meta, j, wall_start) for j, p in enumerate(points)]
+    if jax.process_index() == 0:
+        for d, s in zip(dirs, summaries):
+            write_json(paths.join(d, "summary.json"), s)
+    return {"students": summaries, "dirs": dirs, "meta": meta}
+
+
+def _fresh_meta(n: int, steps_per_epoch: int) -> dict:
+    """A checkpoint's meta: cumulative counters and each student's best and last accuracy."""
     nan = float("nan")
-    return {"epoch": 0, "train_seconds": 0.0, "train_images": 0,
+    return {"epoch": 0, "steps_per_epoch": steps_per_epoch, "train_seconds": 0.0, "train_images": 0,
             "students": [{"best_top1": -1.0, "best_epoch": 0, "last_top1": nan, "last_top5": nan, "agreement": nan}
                          for _ in range(n)]}
 
@@ -137,223 +306,18 @@ def _summary(config, meta: dict, j: int, wall_start: float) -> dict:
     return summary
 
 
-def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_config_change: bool = False,
-        run: Optional[engine.Run] = None) -> dict:
-    """Train the students ``points`` (zkd.grid) of ``config`` in ``workdir``: build once, loop once.
-
-    One point is a single run (its files in ``workdir``); several are a sweep (see the module
-    docstring). Returns ``{"students": [summary of each point], "dirs": [its directory], "meta"}``.
-    ``run``: an already built ``zkd.engine.Run`` of these points (default: built here).
-
-    Raises ``zkd.preemption.Preempted`` after saving a checkpoint when asked to stop (SIGTERM,
-    Ctrl-C); ``zkd.workdir.WorkdirBusyError`` when another live run holds ``workdir``.
-    """
-    run = run or engine.build(config, points)
-    make_writable(workdir)
-    with WorkdirHold(workdir), StopRequests() as stop:
-        ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=config.checkpoint_every_epochs
-                                               * run.steps_per_epoch)
-        try:
-            return _fit(config, workdir, points, allow_config_change, run, stop, ckpts)
-        except KeyboardInterrupt:  # a second Ctrl-C: abort at once
-            raise
-        except BaseException:  # a failed step or read: the checkpoints of earlier steps still complete
-            ckpts.settle()
-            raise
-
-
-def _resume_point(meta: dict, spe: int) -> int:
-    """The step a checkpoint's ``meta`` was saved at (epoch ends carry only the epoch)."""
-    return int(meta.get("step", meta["epoch"] * spe))
-
-
-def _fit(config, workdir: str, points: list, allow_config_change: bool, run: engine.Run, stop: StopRequests,
-         ckpts: checkpoint.TrainingCheckpoints) -> dict:
-    wall_start = time.time()
-    sweep = len(points) > 1 or bool(points[0].name)
-    n, spe = run.num_students, run.steps_per_epoch
-
-    # --- workdir, writers
-    prepare_workdir(config, workdir, allow_config_change)
-    dirs = [paths.join(workdir, "students", p.name) for p in points] if sweep else [workdir]
-    if sweep:
-        for j, (p, d) in enumerate(zip(points, dirs)):
-            prepare_workdir(p.config, d, allow_config_change)
-            if jax.process_index() == 0:
-                checkpoint.write_sweep_member(d, workdir, j, p.name)
-        print(f"zkd sweep: {n} students ({', '.join(p.name for p in points)})", flush=True)
-    tensorboard = config.get("tensorboard", True)
-    writers = [MetricWriter(d, tensorboard) for d in dirs]
-    all_writers = [MetricWriter(workdir, tensorboard), *writers] if sweep else writers
-
-    # --- resume (at an epoch end, or mid-epoch after a step checkpoint or a preemption)
-    every_steps = int(config.get("checkpoint_every_steps", 0))
-    meta, state = _fresh_meta(n), run.state
-    restored = ckpts.restore_latest(run.checkpointable(state))
-    if restored is not None:
-        saved, meta = restored
-        state = run.restore(state, saved)
-        if int(state.step) != _resume_point(meta, spe):
-            raise ConfigError(f"checkpoint step {int(state.step)} does not match its epoch {meta['epoch']} x "
-                              f"{spe} steps per epoch: the batch size or steps_per_epoch changed")
-    start_step = _resume_point(meta, spe)
-    meta.pop("step", None)  # only a mid-epoch checkpoint's own meta names its step
-    partial = meta.pop("partial", None)  # the unfinished epoch of a mid-epoch checkpoint
-    for w in all_writers:  # records written after that checkpoint (a run killed mid-epoch) are redone
-        w.truncate_after(start_step)
-    start_epoch = start_step // spe
-
-    # --- the teacher, measured once
-    teacher_predictions = None
-    if run.teacher_eval_step is not None and start_epoch < config.num_epochs:
-        (t_metrics,), (teacher_predictions,) = evaluate(run.teacher_eval_step, state.teacher_variables,
-                                                        run.eval_batches(), run.mesh)
-        if start_step == 0:  # a resumed run logged it at its first start
-            for w in all_writers:
-                w.write(0, "teacher", t_metrics)
-        print(f"teacher {run.teacher_label}: top-1 {t_metrics['top1']:.2f}%  top-5 {t_metrics['top5']:.2f}%  "
-              f"logit std {t_metrics['logit_std']:.3f}  ({int(t_metrics['count'])} test images)", flush=True)
-
-    # --- the loop
-    batches = run.train_batches(start_step)
-    bar = ProgressBar(run.total_steps, config.batch_size, enabled=config.progress_bar)
-    for epoch in range(start_epoch, config.num_epochs):
-        epoch_start = time.perf_counter()
-        history: list = []
-        epoch_sums: list[dict] = [{} for _ in range(n)]
-        seconds_before = 0.0
-        if partial is not None:  # continue the epoch exactly where the checkpoint left it
-            history, epoch_sums, seconds_before = _unpack_partial(partial)
-            partial = None
-        i = start_step - epoch * spe if epoch == start_epoch else 0
-        while i < spe:
-            if _whole_dispatch_fits(run.steps_per_dispatch, i, spe, epoch * spe + i, config.log_every_steps,
-                                    every_steps):
-                state, metrics = run.train_steps(state, next(batches))  # metrics stacked [k]
-                taken = run.steps_per_dispatch
-            else:
-                state, metrics = run.train_step(state, next(batches))
-                taken = 1
-            i += taken
-            history.append(metrics)
-            step = epoch * spe + i - 1  # the last step taken
-            if i % config.log_every_steps == 0 or i == spe:
-                _flush_train_metrics(history, step - _steps_in(history) + 1, points, writers, epoch_sums, sweep)
-                history = []
-            bar.update(step + 1, epoch + 1)
-            stopping = False
-            for done in range(step + 2 - taken, step + 2):  # every step's number: multi-host sync points
-                stopping = stop.should_stop(done) or stopping
-            if i < spe and (stopping or (every_steps and (step + 1) % every_steps == 0)):
-                seconds = seconds_before + time.perf_counter() - epoch_start
-                meta["partial"] = _pack_partial(history, step, points, epoch_sums, seconds, sweep)
-                meta["step"] = step + 1
-                ckpts.save(step + 1, run.checkpointable(state), json.loads(json.dumps(meta)), None)
-                del meta["partial"], meta["step"]
-                if stopping:
-                    _stop(stop, step + 1, workdir, ckpts, bar, all_writers)
-        jax.block_until_ready(state)
-        epoch_seconds = seconds_before + time.perf_counter() - epoch_start
-        meta["train_seconds"] += epoch_seconds
-        meta["train_images"] += spe * config.batch_size
-
-        # --- evaluation of every student
-        results, predictions = evaluate(run.eval_step, run.student_variables(state), run.eval_batches(), run.mesh)
-        step_now = (epoch + 1) * spe
-        for j, (record, m) in enumerate(zip(results, meta["students"])):
-            if teacher_predictions is not None:
-                record["agreement"] = agreement(predictions[j], teacher_predictions)
-            record.update({f"train_{k}": v / spe for k, v in epoch_sums[j].items() if k.startswith("logit_std")})
-            record["images_per_second"] = spe * config.batch_size / epoch_seconds
-            record["epoch"] = epoch + 1
-            writers[j].write(step_now, "eval", record)
-            if record["top1"] > m["best_top1"]:
-                m["best_top1"], m["best_epoch"] = record["top1"], epoch + 1
-            m["last_top1"], m["last_top5"] = record["top1"], record["top5"]
-            m["agreement"] = record.get("agreement", float("nan"))
-        meta["epoch"] = epoch + 1
-        ckpts.save(step_now, run.checkpointable(state), json.loads(json.dumps(meta)), [r["top1"] for r in results])
-        if not bar.enabled:
-            best = max(range(n), key=lambda j: results[j]["top1"])
-            who = f"best student {points[best].name} " if sweep else "test top-1 "
-            print(f"epoch {epoch + 1}/{config.num_epochs}: {who}{results[best]['top1']:.2f}% "
-                  f"(best {meta['students'][best]['best_top1']:.2f}%), "
-                  f"{spe * config.batch_size / epoch_seconds:.0f} img/s", flush=True)
-        if stop.signal_name is not None and epoch + 1 < config.num_epochs:
-            _stop(stop, step_now, workdir, ckpts, bar, all_writers)
-    bar.close()
-    ckpts.wait()
-    ckpts.close()
-    for w in all_writers:
-        w.close()
-
-    summaries = [_summary(p.config, meta, j, wall_start) for j, p in enumerate(points)]
-    if jax.process_index() == 0:
-        for d, s in zip(dirs, summaries):
-            write_json(paths.join(d, "summary.json"), s)
-    return {"students": summaries, "dirs": dirs, "meta": meta}
-
-
-def _whole_dispatch_fits(k: int, i: int, spe: int, step: int, log_every: int, every_steps: int) -> bool:
-    """Whether the k steps from the epoch's step ``i`` (global ``step``) run as one dispatch: k > 1
-    and they end at or before the epoch's end, the next metrics flush and the next step
-    checkpoint, so every boundary the loop acts on is still seen; otherwise one step."""
-    if k == 1 or i + k > spe:
-        return False
-    if (i // log_every + 1) * log_every < i + k:
-        return False
-    return not every_steps or (step // every_steps + 1) * every_steps >= step + k
-
-
-def _steps_in(history: list) -> int:
-    """Steps held by ``history``: one per single step's metrics (scalars), k per dispatch of k
-    (metrics stacked [k])."""
-    return sum(1 if np.ndim(jax.tree.leaves(m)[0]) == 0 else int(np.shape(jax.tree.leaves(m)[0])[0])
-               for m in history)
-
-
-def _host_steps(history: list) -> list:
-    """``history`` fetched to the host, one entry (a tuple of one dict per student) per step."""
+def _flush(window: list, first_step: int, carried: list, points: list, writers: list, sweep: bool) -> None:
+    """Log each student's mean of the step metrics in ``window`` (per step a tuple of one dict per
+    student; stacked [k] for a dispatch of k steps), from step ``first_step`` on, after checking
+    every value: the first non-finite one stops the run naming its step (and the student in a
+    sweep). ``carried[j]``: (means, steps) logged for this window by a run stopped inside it,
+    folded in so that the record is the mean over the whole window."""
     rows = []
-    for m in parallel.to_host(history):
-        if np.ndim(jax.tree.leaves(m)[0]) == 0:
-            rows.append(m)
-        else:
-            rows.extend(jax.tree.map(lambda v, j=j: v[j], m) for j in range(np.shape(jax.tree.leaves(m)[0])[0]))
-    return rows
-
-
-def _stop(stop: StopRequests, step: int, workdir: str, ckpts, bar, writers) -> None:
-    """The checkpoint of ``step`` is being written: finish it, close everything, raise Preempted."""
-    bar.close()
-    ckpts.wait()
-    ckpts.close()
-    for w in writers:
-        w.close()
-    raise Preempted(f"stopped on {stop.signal_name} after step {step}; its checkpoint is saved in "
-                    f"{workdir}/checkpoints. Run the same command again to resume at step {step}.", step)
-
-
-def _pack_partial(history: list, last_step: int, points: list, epoch_sums: list, seconds: float,
-                  sweep: bool) -> dict:
-    """The unfinished epoch as JSON: metrics not yet flushed (checked finite first: nothing of a
-    non-finite step is saved), the epoch's sums so far and its seconds."""
-    host = _host_steps(history)
-    _check_finite(host, last_step - len(host) + 1, points, sweep)
-    pending = [[{k: float(v) for k, v in m.items()} for m in step_metrics] for step_metrics in host]
-    return {"pending": pending, "epoch_sums": epoch_sums, "seconds": seconds}
-
-
-def _unpack_partial(partial: dict) -> tuple[list, list, float]:
-    """``_pack_partial``'s inverse; metrics come back as the float32 values the step produced."""
-    history = [tuple({k: np.float32(v) for k, v in m.items()} for m in step) for step in partial["pending"]]
-    return history, [dict(s) for s in partial["epoch_sums"]], float(partial["seconds"])
-
-
-def _check_finite(host: list, first_step: int, points: list, sweep: bool) -> None:
-    """Stop on the first non-finite value of host metrics, naming the step (and the student)."""
+    for metrics in parallel.to_host(window):
+        shape = np.shape(jax.tree.leaves(metrics)[0])
+        rows += [jax.tree.map(lambda v, i=i: v[i], metrics) for i in range(shape[0])] if shape else [metrics]
     for j, point in enumerate(points):
-        problem = first_nonfinite([m[j] for m in host], first_step)
+        problem = first_nonfinite([r[j] for r in rows], first_step)
         if problem and sweep:
             raise NonFiniteError(f"student {point.name}: {problem}: stopping the sweep before any checkpoint of "
                                  "it is written. Drop this grid point, lower the learning rate, or check the "
@@ -361,16 +325,37 @@ def _check_finite(host: list, first_step: int, points: list, sweep: bool) -> Non
         if problem:
             raise NonFiniteError(f"{problem}: stopping before any checkpoint of it is written. Lower the learning "
                                  "rate, check the input data, or the loss weights.")
-
-
-def _flush_train_metrics(history: list, first_step: int, points: list, writers: list, epoch_sums: list,
-                         sweep: bool) -> None:
-    """Fetch buffered step metrics (a tuple of one dict per student each), stop on the first
-    non-finite value naming the step (and the student in a sweep), log each student's mean."""
-    host = _host_steps(history)
-    _check_finite(host, first_step, points, sweep)
     for j, writer in enumerate(writers):
-        rows = [m[j] for m in host]
-        writer.write(first_step + len(rows), "train", {k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
-        for k in rows[0]:
-            epoch_sums[j][k] = epoch_sums[j].get(k, 0.0) + float(np.sum([r[k] for r in rows]))
+        steps = [r[j] for r in rows]
+        record = {k: float(np.mean([s[k] for s in steps])) for k in steps[0]}
+        if carried[j] is not None:
+            before, count = carried[j]
+            record = {k: (before[k] * count + sum(float(s[k]) for s in steps)) / (count + len(steps))
+                      for k in record}
+        writer.write(first_step + len(steps), "train", record)
+
+
+def _reopen_window(directory: str, step: int) -> Optional[tuple[dict, int]]:
+    """Take back the train record that a run stopped after ``step`` steps (inside a log window)
+    wrote before its save: ``(means, steps it covers)``, removed from ``directory``'s
+    metrics.jsonl so that the window's flush logs the whole window, as an uninterrupted run does.
+    None when there is none; on processes other than 0, which write no metrics, always."""
+    path = paths.join(directory, "metrics.jsonl")
+    if jax.process_index() != 0 or not paths.exists(path):
+        return None
+    lines = paths.read_text(path).splitlines(keepends=True)
+    window_start, found = 0, None
+    for index, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: truncate_after drops it
+            continue
+        if record.get("kind") == "train" and record["step"] < step:
+            window_start = max(window_start, record["step"])
+        elif record.get("kind") == "train" and record["step"] == step:
+            found = index, record
+    if found is None:
+        return None
+    index, record = found
+    paths.write_text_atomic(path, "".join(lines[:index] + lines[index + 1:]))
+    return {k: v for k, v in record.items() if k not in ("step", "kind")}, step - window_start
