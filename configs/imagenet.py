@@ -10,7 +10,8 @@ dict .pth, converted on the fly). ImageNet must be prepared through TFDS's manua
 (python -m zkd.data.prepare --dataset imagenet2012 ...).
 
 Solver: batch 512, 100 epochs, SGD momentum 0.9, lr 0.2 (x0.1 at 30/60/90), weight decay 1e-4,
-except where a row says otherwise. Baselines (zkd.recipes.IMAGENET_BASELINE):
+except where a row says otherwise (zkd.paper.IMAGENET_SOLVER_EXCEPTIONS). Baselines
+(zkd.paper.IMAGENET_BASELINE):
   KD    T 1, CE 1.0 (R34->R18) or 0.5 (R50->MN-V1), KD 0.5 (release / mdistiller kd.yaml)
   CTKD  learned T in [1, 21], CE 1, KD 2; batch 256, 120 epochs, lr 0.1 (release
         CTKD/scripts/run_imagenet_distill.sh, written for R34->R18; zkd uses it for R50->MN-V1 too, and
@@ -31,15 +32,44 @@ Expected top-1 (paper Table 3, baseline -> with LS); the config's ``paper_top1``
   MLKD     71.90 -> 72.08   73.01 -> 73.22
 """
 
-from zkd import recipes
+from zkd import paper
+from zkd.config_helpers import base_config_for, parse_arg, shrink_for_local_run
+from zkd.config_schema import finalize
 
 
 def get_config(arg=None):
-    a = recipes.parse_arg(
+    a = parse_arg(
         arg, method="kd", teacher="ResNet34", student="ResNet18", ls=False, seed=0, teacher_checkpoint="",
         runlocal=False,
     )
-    config = recipes.imagenet_distillation(a.teacher, a.student, a.ls, a.seed, a.teacher_checkpoint, a.method)
+    config = imagenet_distillation(a.teacher, a.student, a.ls, a.seed, a.teacher_checkpoint, a.method)
     if a.runlocal:
-        recipes.shrink_for_local_run(config)
-    return recipes.finalize(config)
+        shrink_for_local_run(config)
+    return finalize(config)
+
+
+def imagenet_distillation(teacher, student, logit_stand, seed=0, teacher_checkpoint="", method="kd"):
+    """The paper's ImageNet recipe for ``method`` on (teacher, student), with or without LS (also
+    ``zkd.recipes.imagenet_distillation``). Only the paper's rows: their settings are the release's."""
+    teacher, student = paper.canonical(teacher), paper.canonical(student)
+    if method not in paper.METHODS:
+        raise ValueError(f"method must be one of {paper.METHODS}, got {method!r}")
+    if (teacher, student) not in paper.IMAGENET_PAIRS:
+        raise ValueError(f"ImageNet pairs are {paper.IMAGENET_PAIRS}, got {(teacher, student)}")
+    c = base_config_for(method, student, teacher, logit_stand, seed, teacher_checkpoint)
+    c.dataset = "imagenet2012"
+    c.student.zoo = c.teacher.zoo = "imagenet"
+
+    # The solver of every row (docs/paper.md §4): SGD, x0.1 at epochs 30, 60 and 90; then a row's exceptions.
+    c.num_epochs, c.batch_size, c.eval_batch_size = 100, 512, 500
+    c.optimizer.name, c.optimizer.schedule = "sgd", "piecewise"
+    c.optimizer.learning_rate, c.optimizer.momentum, c.optimizer.weight_decay = 0.2, 0.9, 1e-4
+    c.optimizer.lr_milestones, c.optimizer.lr_decay = (30, 60, 90), 0.1
+    c.update_from_flattened_dict(paper.IMAGENET_SOLVER_EXCEPTIONS.get((method, teacher, student), {}))
+    c.checkpoint_every_epochs, c.log_every_steps = 5, 500  # epochs of ImageNet are long
+
+    # The row's loss (zkd.paper.IMAGENET_BASELINE, with LS IMAGENET_LS_SETTINGS) and published top-1.
+    c.loss.dkd_warmup_epochs = 1.0  # mdistiller's ImageNet DKD ramps in over 1 epoch (CIFAR: 20)
+    c.loss.update(paper.imagenet_loss(method, teacher, student, logit_stand))
+    c.paper_top1.update(paper.published_top1(method, teacher, student))
+    return c

@@ -302,13 +302,14 @@ def test_the_command_prints_named_errors_without_a_traceback(tmp_path, arguments
 
 def test_unknown_field_message_walks_nested_fields():
     from zkd import recipes
+    from zkd.main import unknown_field_message
 
     config = recipes.finalize(recipes.fashion_mnist("kd", "resnet8"))
-    assert recipes.unknown_field_message(config, "loss.temperature") is None
-    assert "did you mean 'loss'?" in recipes.unknown_field_message(config, "losss.temperature")
-    assert recipes.unknown_field_message(config, "loss.zzzzzz").startswith(
+    assert unknown_field_message(config, "loss.temperature") is None
+    assert "did you mean 'loss'?" in unknown_field_message(config, "losss.temperature")
+    assert unknown_field_message(config, "loss.zzzzzz").startswith(
         "error: unknown config field 'loss.zzzzzz' (valid fields under config.loss: ")
-    assert "holds a value of type int, not a group of fields" in recipes.unknown_field_message(config, "num_epochs.x")
+    assert "holds a value of type int, not a group of fields" in unknown_field_message(config, "num_epochs.x")
 
 
 def test_a_full_disk_while_checkpointing_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, teacher_dir,

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zkd import data, engine, models, parallel, recipes
+from zkd import data, engine, models, paper, parallel, recipes
+from zkd.errors import ConfigError
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -75,12 +76,12 @@ def _batch(settings, batch=8, image_shape=(16, 16, 3), num_classes=10, seed=0):
 
 ALL_CONFIGS = (
     [("cifar100.py", f"method={r.method},teacher={r.teacher},student={r.student},ls={ls}")
-     for r in recipes.paper_rows() if r.dataset == "cifar100" for ls in (0, 1)]
-    + [("cifar100_teacher.py", f"model={t}") for t in recipes.CIFAR_TEACHERS]
+     for r in paper.paper_rows() if r.dataset == "cifar100" for ls in (0, 1)]
+    + [("cifar100_teacher.py", f"model={t}") for t in paper.CIFAR_TEACHERS]
     + [("imagenet.py", f"method={r.method},teacher={r.teacher},student={r.student},ls={ls}")
-       for r in recipes.paper_rows() if r.dataset == "imagenet2012" for ls in (0, 1)]
+       for r in paper.paper_rows() if r.dataset == "imagenet2012" for ls in (0, 1)]
     + [("cifar100.py", "runlocal=1"), ("fashion_mnist.py", "")]
-    + [("cifar100_vit.py", f"student={s},ls={ls},runlocal=1") for s in recipes.VIT_STUDENTS for ls in (0, 1)]
+    + [("cifar100_vit.py", f"student={s},ls={ls},runlocal=1") for s in paper.VIT_STUDENTS for ls in (0, 1)]
     + [("cifar100_vit.py", "student=pit_tiny,method=ce,runlocal=1")]
 )
 
@@ -135,7 +136,7 @@ def test_imagenet_configs_carry_table3_settings_and_numbers():
     assert (l.ce_weight, l.kd_weight) == (1, 2) and solver == (256, 120, 0.1)
     c, l, solver = load("method=ctkd,teacher=ResNet50,student=MobileNetV1,ls=1")
     assert (l.ce_weight, l.kd_weight) == (1, 9) and c.logit_stand and solver == (256, 120, 0.1)
-    table3 = {(r.method, r.teacher, r.student): r.paper for r in recipes.paper_rows() if r.dataset == "imagenet2012"}
+    table3 = {(r.method, r.teacher, r.student): r.paper for r in paper.paper_rows() if r.dataset == "imagenet2012"}
     assert len(table3) == 8 and all(table3.values())
     assert table3["mlkd", "ResNet50", "MobileNetV1"] == (73.01, 73.22)
     assert table3["ctkd", "ResNet34", "ResNet18"] == (71.38, 71.81)
@@ -151,6 +152,25 @@ def test_config_arguments_and_fields_are_checked():
     c = _load_config("cifar100.py", "")
     with pytest.raises(AttributeError, match="num_epochs"):
         c.num_epoch = 3  # locked: misspelled fields fail with the closest name
+
+
+def test_the_generic_recipes_take_a_method_of_your_own():
+    """A method without a row in zkd.paper (DIST, by reference): its own defaults and the recipe's
+    solver; the paper-only recipes (ImageNet, the transformers) still name their methods."""
+    c = _load_config("fashion_mnist.py", "method=experiments.methods.dist:DIST,ls=1,epochs=10,temperature=3")
+    assert c.method == "experiments.methods.dist:DIST" and c.logit_stand and c.teacher.name == "resnet20"
+    assert (c.loss.temperature, c.loss.ce_weight, c.loss.dist_beta, c.loss.dist_gamma) == (3, 1, 1, 1)
+    assert (c.num_epochs, c.batch_size, tuple(c.optimizer.lr_milestones)) == (10, 128, (6, 8))
+    c = _load_config("cifar100.py", "method=dist,teacher=R32x4,student=ShuffleV2,ls=1")
+    assert (c.num_epochs, c.optimizer.learning_rate, c.loss.temperature, c.loss.dist_beta) == (240, 0.01, 4, 1)
+    assert (c.paper_top1.baseline, c.paper_top1.logit_stand) == (-1, -1) and c.teacher.name == "resnet32x4"
+    c = _load_config("your_data.py", "dataset=tfds:x,method=dist,model=resnet8,batch_size=32")
+    assert c.method == "dist" and c.batch_size == 32 and c.loss.dist_gamma == 1
+    for filename in ("imagenet.py", "cifar100_vit.py"):
+        with pytest.raises(ValueError, match="method must be"):
+            _load_config(filename, "method=dist")
+    with pytest.raises(ConfigError, match="not a registered method"):
+        _load_config("cifar100.py", "method=crd")
 
 
 @pytest.mark.parametrize("method", ["ce", "kd", "dkd", "mlkd", "ctkd"])
