@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zkd import checkpoint, data, engine, logit_cache, metrics_io, models, parallel, recipes, sweep, train
+from zkd import checkpoint, data, engine, logit_cache, metrics_io, models, parallel, recipes, sweep, train, validate
 from zkd import step as step_lib
 from zkd.errors import ConfigError
 from zkd.data import pipeline
@@ -385,4 +385,4 @@ def test_a_run_with_config_teacher_logit_cache_trains_from_the_cache(tmp_path, m
     bad = tiny_config("mlkd", True, teacher_dir)
     bad.teacher.logit_cache = cache_dir
     with pytest.raises(ConfigError, match="MLKD's two views"):
-        engine.validate_config(bad)
+        validate.validate_config(bad)

@@ -100,11 +100,11 @@ def test_k_steps_equal_torch_adamw_with_the_release_parameter_groups():
 def test_default_optimizer_fields_reproduce_the_sgd_piecewise_optimizer():
     """Every existing config leaves optimizer.name / schedule at their defaults: the schedule and the
     updates are the explicit SGD + piecewise ones, bit for bit."""
-    from zkd import engine, recipes
+    from zkd import recipes
 
     c = recipes.cifar_distillation("kd", "resnet32x4", "resnet8x4", True)
     assert (c.optimizer.name, c.optimizer.schedule) == ("sgd", "piecewise")
-    lr_fn, tx = engine.make_optimizer(c, 10)
+    lr_fn, tx = optim.make_optimizer(c, 10)
     want_lr = optim.piecewise_epoch_schedule(0.05, 10, (150, 180, 210), 0.1)
     want_tx = optim.torch_sgd(want_lr, 0.9, 5e-4)
     steps = jnp.array([0, 1499, 1500, 1800, 2100, 2399])

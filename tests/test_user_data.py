@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from zkd import data, engine, recipes, train
+from zkd import data, engine, recipes, streams, train, validate
 from zkd.data import catalog, folder, pipeline, prepare
 from zkd.errors import ConfigError
 
@@ -150,7 +150,7 @@ def test_tfds_bad_names_and_options_are_named(shapes, tmp_path):
     with pytest.raises(data.DatasetSpecError, match="config.data.image_size is for 'tfds:NAME'"):
         data.resolve("cifar100", None, image_size=64)
     with pytest.raises(ConfigError, match="config.dataset='cifar101'; valid: .*tfds:NAME"):
-        engine.validate_config(small_config("cifar101", ""))
+        validate.validate_config(small_config("cifar101", ""))
     # Labels outside the class range stop training before the step, naming the step.
     x, y = colour_images(np.random.default_rng(2), 16)
     write_tfds(tmp_path, "zkd_test_badlabels", {"train": (x, y), "test": (x, y)})
@@ -158,7 +158,7 @@ def test_tfds_bad_names_and_options_are_named(shapes, tmp_path):
     info = data.resolve("tfds:zkd_test_badlabels", str(tmp_path))
     batch = {"label": np.array([0, 3, 1])}
     with pytest.raises(data.DataError, match="labels \\[3\\] outside \\[0, 3\\)"):
-        engine.check_labels(batch, info.num_classes, 7)
+        streams.check_labels(batch, info.num_classes, 7)
     assert builder.info.splits["train"].num_examples == 16
 
 
@@ -282,7 +282,7 @@ def test_arrays_train_through_the_api_and_resume(tmp_path):
     a, b = metrics(tmp_path / "straight", "eval"), metrics(tmp_path / "resumed", "eval")
     assert [r["loss"] for r in a] == [r["loss"] for r in b] and a[-1]["count"] == 10
     with pytest.raises(ConfigError, match="names arrays held in memory"):
-        engine.dataset_info(small_config("arrays:colours", ""))
+        validate.dataset_info(small_config("arrays:colours", ""))
 
 
 def test_array_streams_shard_over_processes_like_any_in_memory_set():

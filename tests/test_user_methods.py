@@ -212,3 +212,23 @@ def test_the_command_trains_a_user_method_sweep_with_ls_on_and_off_killed_and_re
             if name.endswith(".py"):
                 text = open(os.path.join(root, name)).read()
                 assert "experiments.methods" not in text and "dist_beta" not in text, name
+
+
+def test_the_contract_example_of_docs_methods_md_registers_and_steps():
+    import re
+
+    text = open(os.path.join(ROOT, "docs", "methods.md")).read()
+    code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    namespace = {}
+    exec(compile(code, "docs/methods.md", "exec"), namespace)
+    try:
+        assert zkd.methods.get("my_kd") is namespace["MyKD"]
+        c = _dist_config()
+        with c.unlocked():
+            c.method = "my_kd"
+        run, settings = _build(c, steps_per_epoch=1)
+        _, m = _step(run, run.state, _batch(settings))
+        assert {"ce", "kd"} <= set(m) and np.isfinite(float(m["loss"]))
+        assert float(m["kd"]) > 0
+    finally:
+        zkd.methods.unregister("my_kd")

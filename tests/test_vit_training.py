@@ -12,7 +12,8 @@ import torch
 
 from tests.test_step import _load_config
 from tests.train_fixtures import mock_cifar100, save_random_teacher, synthetic_split
-from zkd import data, engine, losses, methods, recipes, step, train
+from zkd import data, engine, losses, methods, recipes, step, train, validate
+from zkd.errors import ConfigError
 from zkd.data import pipeline
 
 
@@ -80,12 +81,12 @@ def test_the_students_view_is_upsampled_and_resumable():
 def test_input_size_fields_refuse_what_they_cannot_serve():
     c = recipes.cifar100_vit("pit_tiny", True)
     c.student_input_size = 96
-    with pytest.raises(engine.ConfigError, match="img_size"):
-        engine.validate_config(c)
+    with pytest.raises(ConfigError, match="img_size"):
+        validate.validate_config(c)
     c = recipes.cifar100_vit("pit_tiny", True)
     c.device_resident_data = True
-    with pytest.raises(engine.ConfigError, match="device-resident"):
-        engine.validate_config(c)
+    with pytest.raises(ConfigError, match="device-resident"):
+        validate.validate_config(c)
 
 
 def test_a_transformer_student_trains_two_epochs_from_a_cnn_teacher(tmp_path):

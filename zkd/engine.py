@@ -1,10 +1,10 @@
 """The build phase: a config in, everything a run needs out, built once.
 
-``build(config)`` checks the config, then makes the mesh, the student and the frozen teacher,
-the optimizer and its schedule, the state of N >= 1 students (a single run is one; a sweep is
-one per grid point, zkd.grid), the compiled train and eval steps, and the data streams. The
-trainer's loop (zkd.train) runs what it returns; so do the benchmarks, the studies and the tests
-that need a step, so none of them rebuilds it by hand.
+``build(config)`` validates the config (zkd.validate), then makes the mesh, the student and the
+frozen teacher, the optimizer (zkd.optim), the state of N >= 1 students (a single run is one; a
+sweep is one per grid point, zkd.grid), the compiled train and eval steps (zkd.step, over the
+method of zkd.methods) and the data streams (zkd.streams). The loop (zkd.train) runs the
+``Run`` it returns; so do the benchmarks, the studies and the tests that need a step.
 
 Nothing here writes to disk or keeps time: that is the loop's job.
 """
@@ -16,169 +16,28 @@ import itertools
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.sharding import Mesh
 
-from zkd import data, grid, methods, models, optim, parallel, recipes
+from zkd import data, grid, methods, models, parallel, streams
 from zkd import state as state_lib
 from zkd import step as step_lib
-from zkd.errors import ConfigError
 from zkd import teacher as teacher_lib
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-# ----------------------------------------------------------------------------- config pieces
-
-
-def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
-    """The ``DatasetInfo`` of ``config.dataset`` (a built-in name, "tfds:NAME" with ``config.data``'s
-    splits, size and statistics; zkd.data.catalog).
-
-    Raises ConfigError for an unknown name; the data errors of zkd.data.catalog otherwise."""
-    if config.dataset.startswith("arrays:"):
-        raise ConfigError(f"config.dataset={config.dataset!r} names arrays held in memory: pass them to the "
-                          "trainer (zkd.train.train_and_evaluate(config, workdir, dataset=zkd.data.from_arrays(...)))")
-    try:
-        return data.resolve_config(config)
-    except data.UnknownDatasetError as err:
-        raise ConfigError(f"config.dataset={config.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}, or "
-                          "'tfds:NAME' for any TFDS dataset (an image folder: python -m zkd.data.prepare --folder)"
-                          ) from err
-
-
-def with_dataset(config: ml_collections.ConfigDict, dataset) -> tuple[ml_collections.ConfigDict, Optional[data.DatasetInfo]]:
-    """``(config, info)`` for a dataset handed to the trainer from Python.
-
-    ``dataset``: None (``config.dataset``'s), a name (built in or "tfds:NAME"), or a
-    ``zkd.data.DatasetInfo`` (arrays in memory from ``zkd.data.from_arrays``, or resolved). The
-    config returned is a copy whose ``dataset`` names it (config.json records it), the caller's
-    config is not changed; ``info`` is None when the config alone describes the dataset.
-    """
-    if dataset is None:
-        return config, None
-    if not isinstance(dataset, (str, data.DatasetInfo)):
-        raise ConfigError(f"dataset must be a name or a zkd.data.DatasetInfo (zkd.data.from_arrays(...)), got "
-                          f"{type(dataset).__name__}")
-    name = dataset if isinstance(dataset, str) else dataset.name
-    if config.dataset == name:
-        copy = config
-    else:
-        copy = ml_collections.ConfigDict(config.to_dict())
-        copy.dataset = name
-        copy = recipes.finalize(copy)
-    return copy, None if isinstance(dataset, str) else dataset
-
-
-def validate_config(config: ml_collections.ConfigDict, info: Optional[data.DatasetInfo] = None, *,
-                    teacher_given: bool = False) -> None:
-    """Fail before any work on values that cannot work, naming the field and the choices.
-
-    ``info``: the dataset's, when the caller has it (arrays in memory); default ``dataset_info``.
-    ``teacher_given``: the teacher comes from Python (``build(teacher=...)``), not ``config.teacher``."""
-    method = methods.from_config(config)  # the method's own checks too
-    if method.views not in (1, 2):
-        raise ConfigError(f"method {config.method!r} asks for {method.views} views; the data pipelines give 1 or 2")
-    info = dataset_info(config) if info is None else info
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"config.dtype={config.dtype!r}; valid: {', '.join(DTYPES)}")
-    for role in ("student", "teacher"):
-        if role == "teacher" and (not method.needs_teacher or teacher_given):
-            continue
-        sub = config[role]
-        if sub.zoo not in models.ZOOS:
-            raise ConfigError(f"config.{role}.zoo={sub.zoo!r}; valid: {', '.join(models.ZOOS)}")
-        # A user's model (a factory, zoo "user") is checked when built (zkd.models.user), an
-        # ensemble's architectures when its members load (zkd.teacher).
-        if sub.get("factory", "") or sub.zoo == models.USER_ZOO or (role == "teacher" and sub.get("ensemble", ())):
-            continue
-        names = models.available(sub.zoo)
-        if sub.name not in names:
-            raise ConfigError(f"config.{role}.name={sub.name!r} is not a {sub.zoo} model; valid: {', '.join(names)}")
-    if config.sweep.vectorize not in step_lib.VECTORIZE:
-        raise ConfigError(f"config.sweep.vectorize={config.sweep.vectorize!r}; valid: {', '.join(step_lib.VECTORIZE)}")
-    if config.device_resident_data:
-        if method.views > 1:
-            raise ConfigError(f"config.device_resident_data serves one view; method {config.method!r} sees two "
-                              "(the strong view is a tf.data op)")
-        if not info.in_memory:
-            raise ConfigError(f"config.device_resident_data needs a small dataset, not {config.dataset!r}")
-        if config.get("augmentation", "") not in ("", data.pipeline.CROP_FLIP):
-            raise ConfigError("device-resident data is augmented with the crop and flip in the step; "
-                              f"config.augmentation={config.augmentation!r} needs the host pipeline "
-                              "(config.device_resident_data=False)")
-    steps_per_dispatch = config.get("steps_per_dispatch", 1)
-    if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
-        raise ConfigError(f"config.steps_per_dispatch must be an integer >= 1, got {steps_per_dispatch!r}")
-    if steps_per_dispatch > 1 and not config.device_resident_data:
-        raise ConfigError(f"config.steps_per_dispatch={steps_per_dispatch} runs several steps in one program, which "
-                          "gathers its batches from device-resident data: set config.device_resident_data=True "
-                          "(in-memory datasets) or config.steps_per_dispatch=1")
-    if config.teacher.get("logit_cache", ""):
-        why = (f"method {config.method!r}'s two views (the strong view is not a crop/flip)" if method.views > 1 else
-               "a method without a teacher" if not method.needs_teacher else
-               "device-resident data" if config.device_resident_data else
-               f"{config.dataset} (not an in-memory, crop/flip-augmented dataset)"
-               if not info.in_memory else
-               "a dataset of arrays in memory" if info.source == "arrays" else "")
-        if why:
-            raise ConfigError(f"config.teacher.logit_cache cannot serve {why}; set it to ''")
-    for field in ("num_epochs", "batch_size", "eval_batch_size"):
-        if config[field] < 1:
-            raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
-    _validate_input_sizes(config, info, method)
-
-
-def _validate_input_sizes(config, info: data.DatasetInfo, method: methods.Method) -> None:
-    """The views: student / teacher input sizes, augmentation, KD head."""
-    student_size, teacher_size = config.get("student_input_size", 0), config.get("teacher_input_size", 0)
-    augmentation = config.get("augmentation", "")
-    p = data.pipeline
-    if augmentation not in p.AUGMENTATIONS:
-        raise ConfigError(f"config.augmentation={augmentation!r}; valid: {', '.join(map(repr, p.AUGMENTATIONS))}")
-    if student_size < 0 or teacher_size < 0:
-        raise ConfigError(f"config.student_input_size / teacher_input_size must be >= 0 (0: the dataset's size), "
-                          f"got {student_size} / {teacher_size}")
-    if augmentation == p.CROP_FLIP and not info.in_memory:
-        raise ConfigError(f"config.augmentation='crop_flip' serves in-memory datasets; {config.dataset} is streamed "
-                          "(its default '' is the random-resized crop; 'none' turns augmentation off)")
-    own_view = augmentation in ("", p.CROP_FLIP) or (not info.in_memory and augmentation == p.RRC)
-    if student_size or not own_view:
-        why = (f"method {config.method!r}'s two views" if method.views > 1 else
-               "device-resident data" if config.device_resident_data else
-               "a teacher-logit cache" if config.teacher.get("logit_cache", "") else
-               f"{config.dataset} (a streamed dataset)" if not info.in_memory and (
-                   student_size or augmentation != p.NONE) else "")
-        if why:
-            raise ConfigError(f"config.student_input_size / config.augmentation={augmentation!r} cannot serve {why}")
-    img_size = student_options(config).get("img_size")
-    if img_size is not None and student_size and img_size != student_size:
-        raise ConfigError(f"config.student.options.img_size={img_size} but config.student_input_size={student_size}: "
-                          "the student would not get the images it is built for; set both")
-    kd_logits = config.loss.get("kd_logits", "")
-    if kd_logits and not method.distils_sown_logits:
-        serving = [m for m in methods.available() if methods.get(m).distils_sown_logits]
-        raise ConfigError(f"config.loss.kd_logits={kd_logits!r} serves methods {' and '.join(serving)}, "
-                          f"not {config.method!r}")
-
-
-def student_options(config) -> dict:
-    """``config.student.options`` as keyword arguments of the student's factory (e.g. ``img_size``)."""
-    options = config.student.get("options", None)
-    return {} if options is None else dict(options.to_dict() if hasattr(options, "to_dict") else options)
+from zkd.errors import ConfigError
+from zkd.optim import make_optimizer  # noqa: F401  (kept importable from here)
+from zkd.streams import check_labels  # noqa: F401  (kept importable from here)
+from zkd.validate import DTYPES, dataset_info, student_options, validate_config, with_dataset  # noqa: F401
 
 
 def student_image_shape(config, info: data.DatasetInfo) -> tuple:
     """(H, W, C) the student sees: ``config.student_input_size`` squared, or the dataset's shape."""
-    size = config.get("student_input_size", 0)
+    size = config.student_input_size
     return (size, size, info.image_shape[2]) if size else tuple(info.image_shape)
 
 
 def teacher_image_shape(config, info: data.DatasetInfo) -> tuple:
     """(H, W, C) the teacher sees: ``config.teacher_input_size`` squared, or the student's view."""
-    size = config.get("teacher_input_size", 0)
+    size = config.teacher_input_size
     return (size, size, info.image_shape[2]) if size else student_image_shape(config, info)
 
 
@@ -189,33 +48,6 @@ def steps_per_epoch_of(config, info: Optional[data.DatasetInfo] = None) -> int:
     except ValueError as err:
         raise ConfigError(f"config.batch_size: {err}") from err
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch > 0 else steps
-
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("piecewise", "cosine")
-
-
-def make_optimizer(config, steps_per_epoch: int):
-    """``(learning_rate_fn, tx)``: the per-epoch schedule and the PyTorch-style optimizer of
-    ``config.optimizer`` (zkd.optim). ``name``: "sgd" (SGD with momentum and coupled weight decay,
-    the CNN recipes) or "adamw" (AdamW without decay on biases, norms, tokens and position
-    embeddings, the transformer recipe); ``schedule``: "piecewise" (x ``lr_decay`` at each of
-    ``lr_milestones``) or "cosine" (``warmup_epochs`` of linear warm-up from ``warmup_factor``,
-    then cosine to ``min_lr`` at ``config.num_epochs``)."""
-    o = config.optimizer
-    name, schedule = o.get("name", "sgd"), o.get("schedule", "piecewise")
-    if schedule == "piecewise":
-        lr_fn = optim.piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
-    elif schedule == "cosine":
-        lr_fn = optim.warmup_cosine_epoch_schedule(o.learning_rate, steps_per_epoch, config.num_epochs,
-                                                   o.warmup_epochs, o.warmup_factor, o.min_lr)
-    else:
-        raise ConfigError(f"config.optimizer.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
-    if name == "sgd":
-        return lr_fn, optim.torch_sgd(lr_fn, o.momentum, o.weight_decay)
-    if name == "adamw":
-        return lr_fn, optim.torch_adamw(lr_fn, o.weight_decay, o.b1, o.b2, o.eps)
-    raise ConfigError(f"config.optimizer.name={name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.StepSettings:
@@ -229,23 +61,10 @@ def step_settings(config, steps_per_epoch: int, learning_rate_fn) -> step_lib.St
     )
 
 
-def check_labels(batch: dict, num_classes: int, step: int) -> dict:
-    """Host-side check of a batch's labels (cheap, before they reach the device)."""
-    labels = np.asarray(batch["label"])
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.size:
-        raise data.DataError(
-            f"training batch of step {step} has labels {sorted(set(bad.tolist()))[:5]} outside [0, {num_classes}): "
-            "the dataset does not match config.dataset's classes, or its records are corrupt; re-prepare it "
-            "(python -m zkd.data.prepare ...)"
-        )
-    return batch
-
-
 # ----------------------------------------------------------------------------- the built run
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Run:
     """Everything a run needs, built by ``build``; the loop (zkd.train) only runs it.
 
@@ -262,9 +81,11 @@ class Run:
     points: list
     info: Any
     mesh: Mesh
+    method: methods.Method
     student: Any
     teacher: Any
     teacher_variables: Any
+    teacher_label: str  # how logs name the teacher
     steps_per_epoch: int
     learning_rate_fn: Callable
     tx: Any
@@ -273,8 +94,7 @@ class Run:
     train_step: Callable
     eval_step: Callable
     teacher_eval_step: Optional[Callable]
-    device_data: Any = None
-    teacher_label: str = ""  # how logs name the teacher
+    device_data: Any = None  # the training split on the devices (config.device_resident_data)
     train_steps: Optional[Callable] = None  # steps_per_dispatch steps in one program (device-resident data)
     steps_per_dispatch: int = 1
     _eval_cache: Optional[list] = None
@@ -293,21 +113,17 @@ class Run:
         the device-resident arrays, which the step gathers from, for device-resident data)."""
         if self.device_data is not None:
             return itertools.repeat(self.device_data)
-        local = _local_train_stream(self.config, self.info, self.teacher_variables, start_step,
-                                    self.settings[0].two_views)
+        local = streams.local_train_stream(self.config, self.info, self.teacher_variables, start_step,
+                                           self.method.views == 2)
         return (parallel.global_batch(check_labels(b, self.info.num_classes, step), self.mesh)
                 for step, b in enumerate(local, start_step))
 
     def eval_batches(self) -> Iterable[dict]:
-        """This process's evaluation batches (host numpy, with "mask"), in a fixed order. Small
-        (in-memory) datasets are decoded and normalized once and kept; large ones streamed."""
+        """This process's evaluation batches (host numpy, with "mask"), in a fixed order; an
+        in-memory dataset's are decoded and normalized once and kept, a large one's streamed."""
         if self._eval_cache is not None:
             return self._eval_cache
-        c = self.config
-        batches = data.eval_batches(self.info, data_dir=c.data_dir or None, split="test",
-                                    global_batch_size=c.eval_batch_size, image_size=c.get("student_input_size", 0))
-        if c.max_eval_batches >= 0:
-            batches = itertools.islice(batches, c.max_eval_batches)
+        batches = streams.eval_batches(self.config, self.info)
         if not self.info.in_memory:
             return batches
         self._eval_cache = list(batches)
@@ -328,64 +144,6 @@ class Run:
     def restore(state: state_lib.RunState, saved: dict) -> state_lib.RunState:
         return state.replace(students=tuple(state_lib.restore_checkpointable(s, r)
                                             for s, r in zip(state.students, saved["students"])))
-
-
-def _local_train_stream(config, info, teacher_variables, start_step: int, two_views: bool) -> Iterator[dict]:
-    """This process's training batches from ``start_step`` (zkd.data), with the teacher's
-    logits from ``config.teacher.logit_cache`` when one is set (then the step skips the teacher).
-
-    The cache is opened only if its content hash matches this teacher's weights and this
-    training split (zkd.logit_cache.StaleCacheError otherwise, with the rebuild command).
-    """
-    kwargs = dict(global_batch_size=config.batch_size, seed=recipes.data_seed(config), start_step=start_step,
-                  two_views=two_views)
-    path = config.teacher.get("logit_cache", "")
-    if not path:
-        return data.train_batches(info, data_dir=config.data_dir or None,
-                                  image_size=config.get("student_input_size", 0),
-                                  augmentation=config.get("augmentation", ""), **kwargs)
-    from zkd import logit_cache
-    from zkd.data import pipeline
-
-    images, labels = data.load_arrays(info, config.data_dir or None, "train")
-    digest = logit_cache.content_hash(config.teacher.name, teacher_variables, images, labels, info)
-    command = logit_cache.build_command(path, config.teacher.checkpoint, config.teacher.name, config.dataset,
-                                        config.data_dir or None)
-    cache = logit_cache.TeacherLogitCache.open(path, digest, command)
-    stream = pipeline.in_memory_train_batches(info, images, labels, process_index=jax.process_index(),
-                                              process_count=jax.process_count(), augmentation_params=True, **kwargs)
-    return logit_cache.attach_teacher_logits(stream, cache)
-
-
-def _device_resident(run_step, config, info, mesh):
-    """Wrap ``run_step`` so it gathers and augments its batch from device-resident uint8 arrays."""
-    images, labels = data.load_arrays(info, config.data_dir or None, "train")
-    device_data = parallel.replicate({"images": images, "labels": labels}, mesh)
-    sharding = parallel.batch_sharded(mesh)
-    seed = recipes.data_seed(config)
-
-    def step_from_device_data(state, arrays):
-        batch = data.device_train_batch(seed, state.step, arrays["images"], arrays["labels"],
-                                        dataset=info, global_batch_size=config.batch_size)
-        return run_step(state, jax.lax.with_sharding_constraint(batch, sharding))
-
-    return step_from_device_data, device_data
-
-
-def _scanned(run_step, k: int, mesh: Mesh):
-    """``k`` consecutive calls of ``run_step(state, arrays)`` as one program: ``(state, metrics
-    stacked [k])``. Each step gathers its own batch from ``state.step``, so the steps are those
-    of k separate calls (to float32 roundoff: the program fuses differently).
-
-    On CPU the k steps are unrolled: XLA:CPU ran the same steps as a while loop ~10x slower per
-    step (resnet8 -> resnet8, batch 16: 300 against 22-25 ms; docs/performance.md); elsewhere a
-    loop, whose compile time is that of one step."""
-    unroll = True if all(d.platform == "cpu" for d in mesh.devices.flat) else 1
-
-    def run_steps(state, arrays):
-        return jax.lax.scan(lambda s, _: run_step(s, arrays), state, None, length=k, unroll=unroll)
-
-    return run_steps
 
 
 def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
@@ -425,10 +183,10 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
         except ValueError as err:
             raise ConfigError(str(err)) from err
     dtype = DTYPES[config.dtype]
+    method = methods.from_config(config)
 
     student_shape = student_image_shape(config, info)
     student = models.build_model(config.student, info.num_classes, dtype, "student", input_shape=student_shape)
-    method = methods.from_config(config)
     teacher_model, teacher_variables = None, None
     if method.needs_teacher:
         teacher_shape = teacher_image_shape(config, info)
@@ -438,15 +196,15 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
 
     steps_per_epoch = steps_per_epoch_of(config, info)
     lr_fn, tx = make_optimizer(config, steps_per_epoch)
+    extra = method.init_params()  # a method's own learned parameters sit beside the student's
+
+    def create(key):
+        return state_lib.create_train_state(key, student, student_shape, tx,
+                                            method_params={method.name: extra} if extra else None)
+
     students, keys = [], []
     for p in points:
         init_key, train_key = jax.random.split(jax.random.key(p.config.seed))
-
-        def create(key):
-            extra = method.init_params()
-            return state_lib.create_train_state(key, student, student_shape, tx,
-                                                method_params={method.name: extra} if extra else None)
-
         students.append(jax.eval_shape(create, init_key) if abstract else create(init_key))
         keys.append(train_key)
     state = state_lib.RunState(tuple(students), tuple(keys), teacher_variables,
@@ -459,17 +217,21 @@ def build(config: ml_collections.ConfigDict, points: Optional[list] = None, *,
     run_step = step_lib.make_run_step(settings, vectorize)
     device_data = None
     if config.device_resident_data:
-        run_step, device_data = _device_resident(run_step, config, info, mesh)
-    train_step = parallel.jit_train_step(run_step, mesh, batch_replicated=device_data is not None)
-    k = config.get("steps_per_dispatch", 1)
-    train_steps = None if k == 1 else parallel.jit_train_step(_scanned(run_step, k, mesh), mesh,
-                                                              batch_replicated=True)
-    eval_step = parallel.jit_eval_step(step_lib.make_run_eval_step(student.apply, len(points), vectorize), mesh)
-    teacher_eval = None if teacher_model is None else parallel.jit_eval_step(
-        step_lib.make_eval_step(teacher_model.apply, config.get("teacher_input_size", 0)), mesh)
+        run_step, device_data = streams.device_resident(run_step, config, info, mesh)
+    k = config.steps_per_dispatch
     t = config.teacher
-    label = ("(given in Python)" if teacher is not None else
-             f"ensemble of {len(t.get('ensemble', ()))}" if t.get("ensemble", ()) else
-             t.get("factory", "") or t.name)
-    return Run(config, points, info, mesh, student, teacher_model, teacher_variables, steps_per_epoch, lr_fn, tx,
-               settings, state, train_step, eval_step, teacher_eval, device_data, label, train_steps, k)
+    return Run(
+        config=config, points=points, info=info, mesh=mesh, method=method,
+        student=student, teacher=teacher_model, teacher_variables=teacher_variables,
+        teacher_label=("(given in Python)" if teacher is not None else
+                       f"ensemble of {len(t.ensemble)}" if t.ensemble else t.factory or t.name),
+        steps_per_epoch=steps_per_epoch, learning_rate_fn=lr_fn, tx=tx, settings=settings, state=state,
+        train_step=parallel.jit_train_step(run_step, mesh, batch_replicated=device_data is not None),
+        eval_step=parallel.jit_eval_step(step_lib.make_run_eval_step(student.apply, len(points), vectorize), mesh),
+        teacher_eval_step=None if teacher_model is None else parallel.jit_eval_step(
+            step_lib.make_eval_step(teacher_model.apply, config.teacher_input_size), mesh),
+        device_data=device_data,
+        train_steps=None if k == 1 else parallel.jit_train_step(parallel.scanned_steps(run_step, k, mesh), mesh,
+                                                                batch_replicated=True),
+        steps_per_dispatch=k,
+    )

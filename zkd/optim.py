@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from zkd.errors import ConfigError
+
 # Parameters whose name contains one of these are not decayed (tiny-transformers/pycls/core/optimizer.py).
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "distill_token")
 
@@ -127,3 +129,33 @@ def torch_adamw(
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+
+
+# ----------------------------------------------------------------------------- from a config
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("piecewise", "cosine")
+
+
+def make_optimizer(config, steps_per_epoch: int):
+    """``(learning_rate_fn, tx)``: the per-epoch schedule and the PyTorch-style optimizer of
+    ``config.optimizer``. ``name``: "sgd" (SGD with momentum and coupled weight decay,
+    the CNN recipes) or "adamw" (AdamW without decay on biases, norms, tokens and position
+    embeddings, the transformer recipe); ``schedule``: "piecewise" (x ``lr_decay`` at each of
+    ``lr_milestones``) or "cosine" (``warmup_epochs`` of linear warm-up from ``warmup_factor``,
+    then cosine to ``min_lr`` at ``config.num_epochs``)."""
+    o = config.optimizer
+    name, schedule = o.name, o.schedule
+    if schedule == "piecewise":
+        lr_fn = piecewise_epoch_schedule(o.learning_rate, steps_per_epoch, tuple(o.lr_milestones), o.lr_decay)
+    elif schedule == "cosine":
+        lr_fn = warmup_cosine_epoch_schedule(o.learning_rate, steps_per_epoch, config.num_epochs,
+                                           o.warmup_epochs, o.warmup_factor, o.min_lr)
+    else:
+        raise ConfigError(f"config.optimizer.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if name == "sgd":
+        return lr_fn, torch_sgd(lr_fn, o.momentum, o.weight_decay)
+    if name == "adamw":
+        return lr_fn, torch_adamw(lr_fn, o.weight_decay, o.b1, o.b2, o.eps)
+    raise ConfigError(f"config.optimizer.name={name!r}; valid: {', '.join(OPTIMIZERS)}")

@@ -136,3 +136,18 @@ def to_host(tree: Any) -> Any:
     if jax.process_count() > 1:
         return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
     return jax.tree.map(np.asarray, tree)
+
+
+def scanned_steps(run_step: Callable, k: int, mesh: Mesh) -> Callable:
+    """``k`` consecutive calls of ``run_step(state, arrays)`` as one program: ``(state, metrics
+    stacked [k])``. Each step gathers its own batch from ``state.step``, so the steps are those
+    of k separate calls (to float32 roundoff: the program fuses differently).
+
+    Unrolled on CPU, where XLA runs a while loop of training steps far slower per step
+    (docs/performance.md); a loop elsewhere, compiled as fast as one step."""
+    unroll = True if all(d.platform == "cpu" for d in mesh.devices.flat) else 1
+
+    def run_steps(state, arrays):
+        return jax.lax.scan(lambda s, _: run_step(s, arrays), state, None, length=k, unroll=unroll)
+
+    return run_steps
