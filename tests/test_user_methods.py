@@ -169,11 +169,27 @@ def test_a_user_method_steps_on_cached_logits_in_bfloat16_and_on_several_devices
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.students[0].params))
 
 
-def _command(workdir, data_dir, teacher_run, kill_after=-1):
-    argv = [f"--config=configs/your_data.py:dataset=tfds:{SHAPES},data_dir={data_dir},method=kd,ls=1,model=resnet8,"
-            f"teacher=resnet8,teacher_checkpoint={teacher_run},epochs=2,batch_size=16",
-            "--config.method=experiments.methods.dist:DIST", "--config.loss.dist_beta=2",
-            '--config.sweep.logit_stand=(0, 1)', "--config.eval_batch_size=12",
+USER_CONFIG = """
+import experiments.methods.dist  # registers "dist" before the config is built
+from zkd import recipes
+
+
+def get_config():
+    c = recipes.your_data("tfds:{shapes}", "kd", "resnet8", "resnet8", True, epochs=2, batch_size=16,
+                          data_dir="{data_dir}", teacher_checkpoint="{teacher_run}")
+    c.method, c.loss.dist_beta, c.sweep.logit_stand = "dist", 2.0, (0, 1)
+    return recipes.finalize(c)
+"""
+
+
+def _command(workdir, data_dir, teacher_run, kill_after=-1, config_file=""):
+    """The zkd command training DIST, named by reference on the command line or, with
+    ``config_file``, by a user's config file that imports it."""
+    by_reference = [
+        f"--config=configs/your_data.py:dataset=tfds:{SHAPES},data_dir={data_dir},method=kd,ls=1,model=resnet8,"
+        f"teacher=resnet8,teacher_checkpoint={teacher_run},epochs=2,batch_size=16",
+        "--config.method=experiments.methods.dist:DIST", "--config.loss.dist_beta=2", "--config.sweep.logit_stand=(0, 1)"]
+    argv = [*([f"--config={config_file}"] if config_file else by_reference), "--config.eval_batch_size=12",
             "--config.optimizer.lr_milestones=(1,)", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
             "--config.progress_bar=False", "--config.tensorboard=False", "--config.num_devices=1", f"--workdir={workdir}"]
     head = ([sys.executable, "-m", "zkd.main"] if kill_after < 0 else
@@ -184,12 +200,15 @@ def _command(workdir, data_dir, teacher_run, kill_after=-1):
 
 def test_the_command_trains_a_user_method_sweep_with_ls_on_and_off_killed_and_resumed(tmp_path,
                                                                                     shapes_teacher_run):  # noqa: F811
-    """``--config.method=experiments.methods.dist:DIST``: a module outside zkd, imported by the
-    command, swept over LS; SIGKILLed in epoch 2 (after the step-2 checkpoint, 3 steps per
-    epoch) and resumed, it ends with the uninterrupted run's evaluations, student by student."""
+    """DIST, a module outside zkd, swept over LS by the zkd command: once from a user's config file
+    that imports it, once named on the command line (``--config.method=experiments.methods.dist:DIST``)
+    and SIGKILLed in epoch 2 (after the step-2 checkpoint, 3 steps per epoch), then resumed: both
+    end with the same evaluations, student by student."""
     data_dir, teacher_run = shapes_teacher_run
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    done = _command(whole, data_dir, teacher_run)
+    config_file = tmp_path / "my_config.py"
+    config_file.write_text(USER_CONFIG.format(shapes=SHAPES, data_dir=data_dir, teacher_run=teacher_run))
+    done = _command(whole, data_dir, teacher_run, config_file=str(config_file))  # a user's config file
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 students ranked by best top-1" in done.stdout
     died = _command(killed, data_dir, teacher_run, kill_after=5)  # teacher eval, 3 steps, eval, step 4
@@ -203,8 +222,9 @@ def test_the_command_trains_a_user_method_sweep_with_ls_on_and_off_killed_and_re
         for ra, rb in zip(a, b):
             for k in ("top1", "top5", "loss", "agreement"):
                 assert ra[k] == rb[k], (point, ra["step"], k)
-        config = json.load(open(os.path.join(whole, "students", point, "config.json")))
-        assert config["method"] == "experiments.methods.dist:DIST" and config["loss"]["dist_beta"] == 2
+        configs = [json.load(open(os.path.join(d, "students", point, "config.json"))) for d in (whole, killed)]
+        assert configs[0]["method"] == "dist" and configs[1]["method"] == "experiments.methods.dist:DIST"
+        assert configs[0]["loss"] == configs[1]["loss"] and configs[0]["loss"]["dist_beta"] == 2
     ls0, ls1 = (metrics_io.read_metrics(os.path.join(whole, "students", p), "eval")[-1]["loss"] for p in ("ls0", "ls1"))
     assert ls0 != ls1  # LS changed the students
     for root, _, files in os.walk(os.path.join(ROOT, "zkd")):
