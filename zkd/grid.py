@@ -98,7 +98,7 @@ def grid_points(config: ml_collections.ConfigDict) -> list[GridPoint]:
     axes = swept_axes(config)
     if not axes:
         raise ConfigError("config.sweep has no non-empty axis: nothing to sweep (train a single run)")
-    mode = config.sweep.get("mode", "product")
+    mode = config.sweep.mode
     if mode not in MODES:
         raise ConfigError(f"config.sweep.mode={mode!r}; valid: {', '.join(MODES)} (product: every combination "
                           "of the axes; zip: the axes side by side, one student per position)")

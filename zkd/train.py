@@ -113,9 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
         checkpointed, so a resumed run must be handed the same teacher again.
     """
     config, info = engine.with_dataset(config, dataset)
-    engine.validate_config(config, info, teacher_given=teacher is not None)
     points = grid.single_point(config)
-    run = engine.build(config, points, teacher=teacher, info=info)
+    run = engine.build(config, points, teacher=teacher, info=info)  # validates the config first
     return fit(config, workdir, points, allow_config_change, run=run, sweep=False)["students"][0]
 
 
@@ -151,7 +150,7 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
          ckpts: checkpoint.TrainingCheckpoints, sweep: bool) -> dict:
     wall_start = time.time()
     n, spe, total, batch_size = run.num_students, run.steps_per_epoch, run.total_steps, config.batch_size
-    log_every, every_steps = config.log_every_steps, int(config.get("checkpoint_every_steps", 0))
+    log_every, every_steps = config.log_every_steps, config.checkpoint_every_steps
 
     def flush_due(step: int) -> bool:
         """Whether a log window ends after ``step`` steps: every log_every_steps of an epoch, at
@@ -167,7 +166,7 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
             if jax.process_index() == 0:
                 checkpoint.write_sweep_member(d, workdir, j, p.name)
         print(f"zkd sweep: {n} students ({', '.join(p.name for p in points)})", flush=True)
-    tensorboard = config.get("tensorboard", True)
+    tensorboard = config.tensorboard
     writers = [MetricWriter(d, tensorboard) for d in dirs]
     all_writers = [MetricWriter(workdir, tensorboard), *writers] if sweep else writers
 

@@ -83,10 +83,10 @@ def get(name: str) -> type:
         return _REGISTRY[name]
     if ":" not in name:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnknownMethodError(
-            f"config.method={name!r} is not a registered method{hint} (valid: {', '.join(_REGISTRY)}; a method "
-            "of your own: 'package.module:Class', or import the module that registers it before building the config)")
+            f"config.method={name!r}; valid: {', '.join(_REGISTRY)}{hint}; a method of your own: "
+            "'package.module:Class', or import the module that registers it before building the config")
     cls = _import(name)
     if any(registered is cls for registered in _REGISTRY.values()):
         return cls
