@@ -122,17 +122,19 @@ def swept_axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
 
 def data_seed(config: ml_collections.ConfigDict) -> int:
     """The seed of the data order and augmentation: ``config.data_seed``, or ``config.seed`` when -1."""
-    seed = config.get("data_seed", -1)
+    seed = config.data_seed
     return int(config.seed if seed < 0 else seed)
 
 
 def run_name(c: ml_collections.ConfigDict) -> str:
     """A workdir name that encodes dataset, method, teacher, student, LS and seed."""
-    method = c.method + ("_ls" if c.logit_stand else "")
-    models = c.student.name if c.method == "ce" else f"{c.teacher.name}-{c.student.name}"
+    method_class = methods.get(c.method)
+    name = method_class.name.replace(":", "_")  # "package.module:Class" stays one path component
+    method = name + ("_ls" if c.logit_stand else "")
+    models = f"{c.teacher.name}-{c.student.name}" if method_class.needs_teacher else c.student.name
     dataset = c.dataset.replace(":", "_").replace("/", "_")  # "tfds:name/config" stays one path component
     axes = swept_axes(c)
     if axes:
-        zipped = "_zip" if c.sweep.get("mode", "product") == "zip" else ""
-        return f"{dataset}/sweep_{c.method}/{models}/{'-'.join(axes)}{zipped}"
+        zipped = "_zip" if c.sweep.mode == "zip" else ""
+        return f"{dataset}/sweep_{name}/{models}/{'-'.join(axes)}{zipped}"
     return f"{dataset}/{method}/{models}/seed{c.seed}"
