@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.train_fixtures import N_MOCK, mock_cifar100, save_random_teacher, tiny_config
-from zkd import checkpoint, metrics_io, models, train
+from zkd import checkpoint, data, metrics_io, models, train
 from zkd import step as step_lib
 
 
@@ -85,6 +85,26 @@ def test_bad_config_values_fail_before_training(tmp_path, teacher_dir, field, va
         (c[section] if section else c)[key] = value
     with mock_cifar100(), pytest.raises(ValueError, match=match):
         train.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+def test_a_start_that_fails_before_its_first_step_leaves_the_workdir_as_it_found_it(tmp_path, teacher_dir):
+    """CIFAR-100 not prepared in data_dir: the teacher's evaluation cannot read it. A workdir the
+    start created is removed, one that held a file of the user's keeps just that file, and the
+    corrected command then trains in the same workdir (it used to be refused as another run's)."""
+    c = tiny_config("kd", True, teacher_dir, epochs=1)
+    with c.unlocked():
+        c.data_dir = str(tmp_path / "not_prepared")
+    os.makedirs(c.data_dir)
+    fresh, kept = tmp_path / "fresh", tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for workdir in (fresh, kept):
+        with pytest.raises(data.DataNotFoundError, match="not prepared"):
+            train.train_and_evaluate(c, str(workdir))
+    assert not fresh.exists() and sorted(os.listdir(kept)) == ["notes.txt"]
+    with mock_cifar100():
+        train.train_and_evaluate(tiny_config("kd", True, teacher_dir, epochs=1), str(fresh))
+    assert (fresh / "summary.json").exists()
 
 
 def test_teacher_of_another_architecture_is_named(tmp_path, teacher_dir):

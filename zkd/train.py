@@ -128,26 +128,59 @@ def fit(config: ml_collections.ConfigDict, workdir: str, points: list, allow_con
     these points (default: built here).
 
     Raises ``zkd.preemption.Preempted`` after saving a checkpoint when asked to stop (SIGTERM,
-    Ctrl-C); ``zkd.workdir.WorkdirBusyError`` when another live run holds ``workdir``.
+    Ctrl-C); ``zkd.workdir.WorkdirBusyError`` when another live run holds ``workdir``. A start
+    that fails before its first step (data not prepared, a teacher that does not load, Ctrl-C
+    while compiling) leaves ``workdir`` as it found it (``_WorkdirSnapshot``), so the corrected
+    command can use it.
     """
     if not sweep and len(points) != 1:
         raise ValueError(f"a single run trains one grid point, not {len(points)}: pass sweep=True")
     run = run or engine.build(config, points)
+    snapshot = _WorkdirSnapshot(workdir)
+    started: list = []  # becomes [True] once the first step is dispatched
     make_writable(workdir)
-    with WorkdirHold(workdir), StopRequests() as stop:
-        ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=config.checkpoint_every_epochs
-                                               * run.steps_per_epoch)
-        try:
-            return _fit(config, workdir, points, allow_config_change, run, stop, ckpts, sweep)
-        except KeyboardInterrupt:  # a second Ctrl-C: abort at once
-            raise
-        except BaseException:  # a failed step or read: the checkpoints of earlier steps still complete
-            ckpts.settle()
-            raise
+    try:
+        with WorkdirHold(workdir), StopRequests() as stop:
+            ckpts = checkpoint.TrainingCheckpoints(workdir, keep_every_steps=config.checkpoint_every_epochs
+                                                   * run.steps_per_epoch)
+            try:
+                return _fit(config, workdir, points, allow_config_change, run, stop, ckpts, sweep, started)
+            except KeyboardInterrupt:  # a second Ctrl-C: abort at once
+                raise
+            except BaseException:  # a failed step or read: the checkpoints of earlier steps still complete
+                ckpts.settle()
+                raise
+    except BaseException:
+        if not started and jax.process_index() == 0:
+            snapshot.restore()  # nothing of this start is worth keeping
+        raise
+
+
+class _WorkdirSnapshot:
+    """What ``workdir`` held before a start (its entries and its config.json), to put back."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.entries = set(paths.listdir(workdir)) if paths.isdir(workdir) else None
+        config_path = paths.join(workdir, "config.json")
+        self.config_json = paths.read_text(config_path) if self.entries and "config.json" in self.entries else None
+
+    def restore(self) -> None:
+        if self.entries is None:
+            paths.rmtree(self.workdir, ignore_errors=True)
+            return
+        for name in set(paths.listdir(self.workdir)) - self.entries:
+            entry = paths.join(self.workdir, name)
+            if paths.isdir(entry):
+                paths.rmtree(entry, ignore_errors=True)
+            else:
+                paths.remove(entry)
+        if self.config_json is not None:
+            paths.write_text_atomic(paths.join(self.workdir, "config.json"), self.config_json)
 
 
 def _fit(config, workdir: str, points: list, allow_config_change: bool, run: engine.Run, stop: StopRequests,
-         ckpts: checkpoint.TrainingCheckpoints, sweep: bool) -> dict:
+         ckpts: checkpoint.TrainingCheckpoints, sweep: bool, started: list) -> dict:
     wall_start = time.time()
     n, spe, total, batch_size = run.num_students, run.steps_per_epoch, run.total_steps, config.batch_size
     log_every, every_steps = config.log_every_steps, config.checkpoint_every_steps
@@ -219,6 +252,7 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
             state, metrics = run.train_steps(state, next(batches))  # metrics stacked [k]
         else:
             k, (state, metrics) = 1, run.train_step(state, next(batches))
+        started[:] = [True]
         window.append(metrics)
         step += k
         epoch, epoch_end = -(-step // spe), step % spe == 0  # the epoch (from 1) that the step ends in
