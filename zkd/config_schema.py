@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     # sows under that name (DeiT's distillation head), CE staying on the output (kd, ctkd).
     c.loss = ml_collections.ConfigDict({**methods.config_fields(), "kd_logits": ""})
     # name: sgd | adamw; schedule: piecewise (lr_milestones, lr_decay) | cosine (warmup_epochs from
-    # warmup_factor * learning_rate, then cosine to min_lr at num_epochs); zkd.engine.make_optimizer.
+    # warmup_factor * learning_rate, then cosine to min_lr at num_epochs); zkd.optim.make_optimizer.
     # b1, b2, eps: AdamW's only; momentum: SGD's only.
     c.optimizer = ml_collections.ConfigDict({
         "name": "sgd", "schedule": "piecewise",
