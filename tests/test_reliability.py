@@ -283,6 +283,23 @@ def test_a_misspelled_config_override_is_one_line_with_the_closest_field(overrid
     assert done.stdout == ""  # stopped before any run started
 
 
+@pytest.mark.parametrize("argument, error", [
+    ("method=kdd", "error (UnknownMethodError): config.method='kdd'; valid: ce, kd, dkd, mlkd, ctkd (did you mean 'kd'?)"),
+    ("lss=1", "error (ConfigError): unknown config argument 'lss' (did you mean 'ls'?); valid: epochs, "),
+    ("epochs=two", "error (ConfigError): config argument epochs must be an integer, got 'two'"),
+], ids=["method", "key", "value"])
+def test_a_bad_config_file_argument_is_one_line(argument, error):
+    """``configs/x.py:ARGS`` mistakes: one line naming the fix, exit 2, as a misspelled field."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "zkd.main", f"--config=configs/fashion_mnist.py:{argument}"],
+                          capture_output=True, text=True, cwd=repo, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[0].startswith(error), lines[0]
+    assert done.stdout == ""
+
+
 @pytest.mark.parametrize("arguments, error", [
     (["--config=configs/fashion_mnist.py"], "error (TeacherError): config.teacher.checkpoint is empty: point it at"),
     (["--config=configs/fashion_mnist.py:method=ce,model=resnet8", "--config.data_dir={empty}"],

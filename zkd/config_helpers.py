@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Optional
 
 import ml_collections
 
 from zkd import methods, paper
 from zkd.config_schema import base_config
+from zkd.errors import ConfigError
 
 
 def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
@@ -20,19 +22,24 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
     out = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         if "=" not in item:
-            raise ValueError(f"config argument {item!r} must look like key=value")
+            raise ConfigError(f"config argument {item!r} must look like key=value")
         key, value = item.split("=", 1)
         if key not in defaults:
-            raise ValueError(f"unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}")
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config argument {key!r}{hint}; valid: {', '.join(sorted(defaults))}")
         default = defaults[key]
         if isinstance(default, bool):
             if value.lower() not in ("1", "0", "true", "false"):
-                raise ValueError(f"config argument {key} must be 1/0/true/false, got {value!r}")
+                raise ConfigError(f"config argument {key} must be 1/0/true/false, got {value!r}")
             out[key] = value.lower() in ("1", "true")
-        elif isinstance(default, int):
-            out[key] = int(value)
-        elif isinstance(default, float):
-            out[key] = float(value)
+        elif isinstance(default, (int, float)):
+            kind = int if isinstance(default, int) else float
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ConfigError(f"config argument {key} must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {value!r}") from None
         else:
             out[key] = value
     return ml_collections.ConfigDict(out)

@@ -124,6 +124,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     name the field, the closest valid one and the valid ones at that level.
     """
     _import_method_references(argv[1:])
+    _check_config_file_arguments(argv[1:])
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as err:
@@ -140,6 +141,26 @@ def parse_flags(argv: list[str]) -> list[str]:
                 print(message, file=sys.stderr)
                 sys.exit(2)
         raise
+
+
+def _check_config_file_arguments(argv: Sequence[str]) -> None:
+    """Build the config once before absl does, so that a bad ``configs/x.py:ARGS`` argument (an
+    unknown key or method, a value of the wrong type) is one line and exit 2, not absl's
+    "FATAL Flags parsing error" with a traceback."""
+    config_arg = _config_argument(argv)
+    if not config_arg:
+        return
+    from zkd.errors import ZkdError
+
+    try:
+        flags.FLAGS["config"].parser.parse(config_arg)
+    except ZkdError as err:
+        # ml_collections re-raises the config file's error with its traceback as the message
+        original = err.__context__ if isinstance(err.__context__, ZkdError) else err
+        print(f"error ({type(original).__name__}): {original.message()}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # anything else is the config file's own failure: absl reports it with its traceback
+        pass
 
 
 def _import_method_references(argv: Sequence[str]) -> None:
