@@ -300,6 +300,31 @@ def test_a_bad_config_file_argument_is_one_line(argument, error):
     assert done.stdout == ""
 
 
+INTERRUPT_WHILE_BUILDING = """
+import os, runpy, signal, sys
+sys.argv = ["zkd.main", *sys.argv[1:]]
+from zkd import engine
+build = engine.build
+def interrupted_build(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the run is being built (before the loop's handler)
+    return build(*args, **kwargs)
+engine.build = interrupted_build
+runpy.run_module("zkd.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_outside_the_loop_is_one_line_and_exit_130(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", INTERRUPT_WHILE_BUILDING,
+                           "--config=configs/fashion_mnist.py:method=ce,model=resnet8", f"--workdir={workdir}"],
+                          capture_output=True, text=True, cwd=repo, timeout=300,
+                          env={**os.environ, "PYTHONPATH": repo})
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("zkd: interrupted")
+    assert not workdir.exists()
+
+
 @pytest.mark.parametrize("arguments, error", [
     (["--config=configs/fashion_mnist.py"], "error (TeacherError): config.teacher.checkpoint is empty: point it at"),
     (["--config=configs/fashion_mnist.py:method=ce,model=resnet8", "--config.data_dir={empty}"],

@@ -8,7 +8,9 @@ at that level, and exit status 2 (no traceback). Without
 so runs of different settings never share a folder. A config whose ``sweep`` sets any axis
 (``--config.sweep.temperature="(2, 3)"``) trains the whole grid in one run (zkd.sweep).
 zkd's named errors (bad config values, data, teacher, checkpoint, cache; a non-finite step) end
-the command with their one-line message on stderr and exit status 1.
+the command with their one-line message on stderr and exit status 1; a bad ``configs/x.py:ARGS``
+argument is one line and exit status 2; Ctrl-C outside the training loop, or a second one
+inside it, is one line and exit status 130.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from zkd import recipes  # noqa: E402  (flag-free: config tables and config-field helpers)
 
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally ':args'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<run name>).")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose config.json differs.")
@@ -46,6 +49,12 @@ def main(argv):
             raise
         print(f"error ({type(err).__name__}): {err.message()}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training, or a second one during it: no traceback
+        if os.environ.get("ZKD_TRACEBACK"):
+            raise
+        print("zkd: interrupted (Ctrl-C) without saving; a run that had not taken a step left its workdir as it "
+              "was, otherwise the same command resumes from its latest checkpoint", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 def _train(argv):
