@@ -385,6 +385,12 @@ def test_teacher_from_a_zkd_run_and_from_a_pytorch_file(tmp_path):
         train.train_and_evaluate(tiny_config("ce", student="resnet8", epochs=1), teacher_run)
         summary = train.train_and_evaluate(tiny_config("kd", True, teacher_run, epochs=1), str(tmp_path / "from_run"))
     assert summary["epochs"] == 1
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not strict JSON")
+
+    teacher_summary = json.loads(open(os.path.join(teacher_run, "summary.json")).read(), parse_constant=refuse)
+    assert teacher_summary["agreement"] is None  # a teacher run has no teacher to agree with: null, not NaN
     teacher_top1 = metrics_io.read_metrics(str(tmp_path / "from_run"), "teacher")[0]["top1"]
     assert teacher_top1 == metrics_io.read_metrics(teacher_run, "eval")[0]["top1"]  # the best checkpoint
 

@@ -21,13 +21,13 @@ zkd.train's docstring.
 
 from __future__ import annotations
 
-import json
 
 import jax
 import ml_collections
 
 from zkd import engine, grid, paths, recipes, train
 from zkd.grid import GridPoint, grid_points, ranking_table  # noqa: F401  (the sweep's public names)
+from zkd.workdir import write_json
 
 
 def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False, *,
@@ -48,7 +48,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str, allow_config_ch
               "points": [{"name": p.name, "values": p.values, "workdir": d, **s}
                          for p, d, s in zip(points, out["dirs"], summaries)]}
     if jax.process_index() == 0:
-        paths.write_text_atomic(paths.join(workdir, "sweep.json"), json.dumps(result, indent=2))
+        write_json(paths.join(workdir, "sweep.json"), result)
         paths.write_text_atomic(paths.join(workdir, "sweep.md"),
                                 f"# {result['run']}: {len(points)} students, {meta['epoch']} epochs\n\n{table}")
     result["table"] = table

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import socket
 import threading
@@ -64,9 +65,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def write_json(path: str, value) -> None:
-    """Write ``value`` as JSON, never half a file (zkd.paths.write_text_atomic: a temporary file
-    and a rename locally, one whole object in a bucket)."""
-    paths.write_text_atomic(path, json.dumps(value, indent=2) + "\n")
+    """Write ``value`` as strict JSON, never half a file (zkd.paths.write_text_atomic: a temporary
+    file and a rename locally, one whole object in a bucket). A NaN or infinity (a teacher run's
+    agreement, say) is written as null: other tools' JSON readers refuse NaN."""
+    paths.write_text_atomic(path, json.dumps(_finite_or_null(value), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def make_writable(workdir: str) -> None:
