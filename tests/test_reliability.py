@@ -344,7 +344,7 @@ def test_the_command_prints_named_errors_without_a_traceback(tmp_path, arguments
 
 def test_unknown_field_message_walks_nested_fields():
     from zkd import recipes
-    from zkd.main import unknown_field_message
+    from zkd.cli import unknown_field_message
 
     config = recipes.finalize(recipes.fashion_mnist("kd", "resnet8"))
     assert unknown_field_message(config, "loss.temperature") is None

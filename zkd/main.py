@@ -15,12 +15,11 @@ inside it, is one line and exit status 130.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Optional
 
 # tf.data only: keep TensorFlow off the accelerators and quiet, before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from zkd import recipes  # noqa: E402  (flag-free: config tables and config-field helpers)
+from zkd import cli, recipes  # noqa: E402  (flag-free: command-line messages, config helpers)
 
 INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally ':args'.", lock_config=True)
@@ -101,30 +100,6 @@ def _override_paths(argv: Sequence[str]) -> list[str]:
     return [m.group(1) for m in (re.match(r"--?config\.([^=\s]+)", a) for a in argv) if m]
 
 
-def unknown_field_message(config: Any, path: str) -> Optional[str]:
-    """The one-line error for ``--config.<path>`` when ``path`` is not a field of ``config``.
-
-    Returns None when every component of the dotted ``path`` exists. Otherwise names the first
-    missing component, the closest valid name at that level (if any is close) and all valid
-    names there, e.g. ``error: unknown config field 'loss.temperatur'; did you mean
-    'loss.temperature'? (valid fields under config.loss: ce_weight, ...)``.
-    """
-    node, parent = config, ""
-    for name in path.split("."):
-        if not isinstance(node, Mapping) and not hasattr(node, "keys"):
-            return (f"error: config field '{parent[:-1]}' holds a value of type {type(node).__name__}, not a group "
-                    f"of fields, so --config.{path} names nothing; set --config.{parent[:-1]}=VALUE instead")
-        fields = sorted(str(k) for k in node.keys())
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"; did you mean '{parent}{close[0]}'?" if close else ""
-            where = f"config.{parent[:-1]}" if parent else "config"
-            return (f"error: unknown config field '{parent}{name}'{hint} "
-                    f"(valid fields under {where}: {', '.join(fields)})")
-        node, parent = node[name], f"{parent}{name}."
-    return None
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, except that an unknown config field is one line on stderr and exit 2.
 
@@ -145,7 +120,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         except Exception:  # the config file itself is broken: its own error says how
             raise err from None
         for path in _override_paths(argv[1:]):
-            message = unknown_field_message(config, path)
+            message = cli.unknown_field_message(config, path)
             if message:
                 print(message, file=sys.stderr)
                 sys.exit(2)
