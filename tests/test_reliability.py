@@ -541,3 +541,21 @@ def test_a_first_ctrl_c_asks_to_stop_and_a_second_aborts_at_once():
         with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
             handler(signal.SIGINT, None)
     assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_tensorboard_plots_curves_not_bookkeeping(tmp_path):
+    """An eval record's count and epoch stay in metrics.jsonl but are no TensorBoard curves; the
+    event file written is read back with TensorFlow's own reader."""
+    import tensorflow as tf
+
+    writer = metrics_io.MetricWriter(str(tmp_path), tensorboard=True)
+    writer.write(10, "eval", {"top1": 50.0, "loss": 1.5, "count": 64.0, "epoch": 1.0})
+    writer.write(10, "train", {"loss": 2.0})
+    writer.close()
+    tags = set()
+    for event_file in tf.io.gfile.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(event_file):
+            tags.update(v.tag for v in event.summary.value)
+    assert tags == {"eval/top1", "eval/loss", "train/loss"}
+    (record,) = metrics_io.read_metrics(str(tmp_path), "eval")
+    assert (record["count"], record["epoch"]) == (64.0, 1.0)

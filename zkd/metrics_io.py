@@ -25,6 +25,10 @@ import jax
 from zkd import paths
 
 
+# Bookkeeping fields of a record (how many test images, which epoch): in metrics.jsonl, not plotted.
+NOT_CURVES = ("count", "epoch")
+
+
 class MetricWriter:
     """Appends ``{"step": s, "kind": k, **scalars}`` to ``workdir/metrics.jsonl`` and TensorBoard.
 
@@ -61,7 +65,7 @@ class MetricWriter:
                 f.write(line)
         if self._tb is not None:
             for k, v in scalars.items():
-                if math.isfinite(float(v)):
+                if math.isfinite(float(v)) and k not in NOT_CURVES:
                     self._tb.scalar(f"{kind}/{k}", float(v), int(step))
             self._tb.flush()
             self._upload_tensorboard()
