@@ -46,13 +46,17 @@ def test_kd_ls_run_writes_everything_and_evaluates_exactly(tmp_path, teacher_dir
     assert 0 <= summary["agreement"] <= 100 and "agreement" in evals[-1]
 
 
-def test_resume_continues_to_the_same_parameters(tmp_path, teacher_dir):
+def test_resume_continues_to_the_same_parameters(tmp_path, teacher_dir, capsys):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     with mock_cifar100():
         train.train_and_evaluate(tiny_config("dkd", True, teacher_dir, epochs=3), straight)
         train.train_and_evaluate(tiny_config("dkd", True, teacher_dir, epochs=1), resumed)
+        capsys.readouterr()
         summary = train.train_and_evaluate(tiny_config("dkd", True, teacher_dir, epochs=3), resumed)
-    assert summary["epochs"] == 3
+        assert f"zkd: resuming at step 2 of 6 (epoch 2 of 3) from {resumed}" in capsys.readouterr().out
+        again = train.train_and_evaluate(tiny_config("dkd", True, teacher_dir, epochs=3), resumed)
+        assert f"zkd: {resumed} is already complete (6 steps, 3 epochs): nothing to train" in capsys.readouterr().out
+    assert summary["epochs"] == 3 and again["best_top1"] == summary["best_top1"]
     a = checkpoint.TrainingCheckpoints(straight).latest_step()
     b = checkpoint.TrainingCheckpoints(resumed).latest_step()
     assert a == b == 6

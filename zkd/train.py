@@ -215,6 +215,12 @@ def _fit(config, workdir: str, points: list, allow_config_change: bool, run: eng
     if meta.setdefault("steps_per_epoch", spe) != spe or start_step // spe != meta["epoch"] or start_step != expected:
         raise ConfigError(f"checkpoint step {start_step} does not match its epoch {meta['epoch']} x "
                           f"{spe} steps per epoch: the batch size or steps_per_epoch changed")
+    if restored is not None and start_step < total:
+        print(f"zkd: resuming at step {start_step} of {total} (epoch {start_step // spe + 1} of "
+              f"{config.num_epochs}) from {workdir}", flush=True)
+    elif restored is not None:
+        print(f"zkd: {workdir} is already complete ({total} steps, {config.num_epochs} epochs): nothing to train",
+              flush=True)
     carried = [None] * n  # per student: (means, steps) of the start of a log window that a stop cut short
     partial = meta.pop("partial", None)  # an older mid-epoch checkpoint's unfinished epoch
     if partial is not None:
